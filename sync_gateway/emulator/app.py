@@ -1,0 +1,357 @@
+"""The aiohttp application: the supervisor's job routes plus ``/_emulator/*`` controls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .formats import clamp_timeout, encode_query, js_number, js_number_str, parse_job_response
+from .recipe import Customer, Task, load_recipe
+from .runner import cancel_job, kill_all, start_job
+from .state import EmulatorState, Fault, Job
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class EmulatorSettings:
+    recipe: pathlib.Path | None = None
+    min_timeout: float = 10.0
+    max_timeout: float = 60.0
+    read_once: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_timeout <= self.max_timeout:
+            raise ValueError("need 0 <= min_timeout <= max_timeout")
+
+
+STATE_KEY = web.AppKey("emulator_state", EmulatorState)
+SETTINGS_KEY = web.AppKey("emulator_settings", EmulatorSettings)
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+class ErrorAnswer(Exception):
+    """Raised by handlers; the middleware turns it into the JSON error answer."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+    def response(self) -> web.Response:
+        body = {"statusCode": self.status, "message": self.message}
+        return json_response(self.status, body, self.headers)
+
+
+def fail(status: int, message: str, **headers: str) -> ErrorAnswer:
+    """An error answer shaped like the supervisor's ``res.sendError`` (JSON)."""
+    return ErrorAnswer(status, message, headers or None)
+
+
+# -- auth and lookups -------------------------------------------------------------------------
+
+
+def _token(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.query.get("access_token") or None
+
+
+def _authenticate(request: web.Request) -> Customer:
+    state = request.app[STATE_KEY]
+    token = _token(request)
+    customer = state.recipe.customer_for_token(token) if token else None
+    if customer is None:
+        raise fail(401, "Unauthorized", **{"WWW-Authenticate": 'Bearer realm="Users"'})
+    path_customer = request.match_info.get("customer")
+    if path_customer is not None and path_customer != customer.name:
+        raise fail(403, "forbidden. you don't belong to this organization")
+    return customer
+
+
+def _check_secret(given: str, expected: str) -> None:
+    if len(given) != 64 or given != expected:
+        raise fail(403, "invalid secret")
+
+
+def _job(request: web.Request, customer: Customer | None) -> Job:
+    job = request.app[STATE_KEY].jobs.get(request.match_info["job"])
+    if job is None:
+        raise fail(404, "job not found")
+    if customer is not None and job.customer.name != customer.name:
+        raise fail(403, "forbidden")
+    return job
+
+
+def _body_arguments(raw: bytes) -> tuple[list[Any], bool]:
+    if not raw.strip():
+        return [], False
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise fail(400, "invalid JSON body") from None
+    if isinstance(body, list):
+        return body, False
+    if isinstance(body, dict):
+        args = body.get("task_arguments", [])
+        if not isinstance(args, list):
+            raise fail(400, "task_arguments must be an array")
+        return args, body.get("wait_result") is True
+    raise fail(400, "the body must be an array of arguments or an object")
+
+
+# -- job routes -------------------------------------------------------------------------------
+
+
+async def create_job(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    secret = request.match_info.get("secret")
+    task_id = request.match_info["task"]
+    task: Task | None
+    if secret is not None:
+        task = state.recipe.tasks.get(task_id)
+        if task is None:
+            raise fail(404, "task not found")
+        _check_secret(secret, task.secret)
+        origin = "secret"
+    else:
+        customer = _authenticate(request)
+        task = state.recipe.tasks.get(task_id)
+        if task is None or task.customer != customer.name:
+            raise fail(404, "task not found")
+        origin = "user"
+    args, body_wait = _body_arguments(await request.read())
+    job = state.new_job(task, args, origin)
+    body = orjson.dumps(job.doc)  # snapshot: lifecycle "ready", before the job runs
+    start_job(state, job, args)
+    query = request.query
+    if query.get("wait_result") == "true" or body_wait:
+        updates = {
+            "counter": "0",
+            "limit": query.get("limit") or "10",
+            "timeout": query.get("timeout") or "10",
+        }
+        path = _result_path(job, secret is not None)
+        location = f"{path}?{encode_query(query.items(), updates)}"
+        return web.Response(
+            status=303, body=body, content_type="application/json", headers={"Location": location}
+        )
+    return web.Response(status=200, body=body, content_type="application/json")
+
+
+def _result_path(job: Job, by_secret: bool) -> str:
+    if by_secret:
+        return f"/job/{job.id}/secret/{job.secret}/result"
+    return f"/job/{job.id}/result"
+
+
+def _answer(request: web.Request, job: Job) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    formatted = parse_job_response(job.doc, request.query)
+    if settings.read_once and job.finished:
+        request.app[STATE_KEY].forget(job)
+    headers = formatted.headers or {}
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
+    if isinstance(formatted.body, str) and content_type and "json" not in content_type.lower():
+        return web.Response(status=formatted.status, text=formatted.body, headers=headers)
+    return json_response(formatted.status, formatted.body, headers)
+
+
+async def job_result(request: web.Request) -> web.Response:
+    """The supervisor's ``resultPolling``."""
+    settings = request.app[SETTINGS_KEY]
+    secret = request.match_info.get("secret")
+    if secret is not None:
+        job = _job(request, None)
+        _check_secret(secret, job.secret)
+    else:
+        job = _job(request, _authenticate(request))
+    if job.finished:
+        return _answer(request, job)
+    query = request.query
+    timeout = clamp_timeout(query.get("timeout"), settings.min_timeout, settings.max_timeout)
+    try:
+        async with asyncio.timeout(timeout):
+            await job.done.wait()
+    except TimeoutError:
+        if query.get("limit") == query.get("counter"):
+            return json_response(408, "Request Timeout")
+        counter = js_number(query.get("counter"))
+        updates = {"counter": "0" if counter != counter else js_number_str(counter + 1)}
+        location = f"{_result_path(job, secret is not None)}?{encode_query(query.items(), updates)}"
+        return json_response(303, {}, {"Location": location})
+    current = request.app[STATE_KEY].jobs.get(job.id)
+    if current is None:
+        raise fail(404, "Job result is no longer available")
+    return _answer(request, current)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job = _job(request, _authenticate(request))
+    body = orjson.dumps(job.doc)
+    if request.app[SETTINGS_KEY].read_once and job.finished:
+        request.app[STATE_KEY].forget(job)
+    return web.Response(status=200, body=body, content_type="application/json")
+
+
+async def cancel(request: web.Request) -> web.Response:
+    customer = _authenticate(request)
+    job = _job(request, customer)
+    if job.finished:
+        lifecycle = job.doc["lifecycle"]
+        message = f'cannot cancel job. current state lifecycle "{lifecycle}"'
+        raise fail(400, message + " does not allow the transition")
+    cancel_job(job, {"email": None, "id": customer.id, "username": customer.name})
+    return json_response(200, "ok")
+
+
+# -- /_emulator controls ----------------------------------------------------------------------
+
+
+async def stats(request: web.Request) -> web.Response:
+    return json_response(200, request.app[STATE_KEY].stats())
+
+
+async def reset_stats(request: web.Request) -> web.Response:
+    request.app[STATE_KEY].reset_stats()
+    return json_response(200, "ok")
+
+
+async def timing(request: web.Request) -> web.Response:
+    found = request.app[STATE_KEY].timing(request.match_info["job"])
+    if found is None:
+        raise fail(404, "job not found")
+    return json_response(200, {"created_at": found[0], "finished_at": found[1]})
+
+
+async def add_faults(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    try:
+        data = orjson.loads(await request.read())
+        items = data if isinstance(data, list) else [data]
+        faults = [Fault.from_json(item) for item in items]
+    except (orjson.JSONDecodeError, ValueError) as exc:
+        raise fail(400, str(exc)) from None
+    state.faults.extend(faults)
+    return json_response(200, {"faults": len(state.faults)})
+
+
+async def clear_faults(request: web.Request) -> web.Response:
+    request.app[STATE_KEY].faults.clear()
+    return json_response(200, {"faults": 0})
+
+
+# -- fault injection and counting -------------------------------------------------------------
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+@web.middleware
+async def emulator_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route_name = request.match_info.route.name
+    if route_name is not None and route_name.startswith("emulator"):
+        try:
+            return await handler(request)
+        except ErrorAnswer as exc:
+            return exc.response()
+    state = request.app[STATE_KEY]
+    kind = route_name.split(":")[0] if route_name else None
+    state.count(kind, request.match_info.get("job"))
+    fault = state.take_fault(kind)
+    try:
+        if fault is None:
+            return await handler(request)
+        if fault.action == "slow":
+            await asyncio.sleep(fault.seconds)
+            return await handler(request)
+        if fault.action == "garbage":
+            body = fault.body if fault.body is not None else "<html>not json {"
+            return web.Response(status=200, text=body, content_type="application/json")
+        if fault.action in ("reset", "reset_after_create"):
+            if fault.action == "reset_after_create":
+                with contextlib.suppress(web.HTTPException, ErrorAnswer):
+                    await handler(request)
+            _abort(request)
+            raise asyncio.CancelledError
+        headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+        if fault.body is not None:
+            return web.Response(
+                status=fault.status, text=fault.body, headers=headers, content_type="text/plain"
+            )
+        message = {"statusCode": fault.status, "message": "injected fault"}
+        return json_response(fault.status, message, headers)
+    except ErrorAnswer as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if route_name is None and exc.status in (404, 405):  # unmatched: restify-like JSON
+            code = "ResourceNotFound" if exc.status == 404 else "MethodNotAllowed"
+            return json_response(exc.status, {"code": code, "message": f"{request.path} failed"})
+        raise
+
+
+# -- assembly ---------------------------------------------------------------------------------
+
+
+def build_app(settings: EmulatorSettings, state: EmulatorState) -> web.Application:
+    """An application over an existing state (so a server can be restarted keeping its jobs)."""
+    app = web.Application(middlewares=[emulator_middleware])
+    app[STATE_KEY] = state
+    app[SETTINGS_KEY] = settings
+    add = app.router.add_route
+    add("GET", "/_emulator/stats", stats, name="emulator:stats")
+    add("POST", "/_emulator/reset-stats", reset_stats, name="emulator:reset-stats")
+    add("GET", "/_emulator/jobs/{job}/timing", timing, name="emulator:timing")
+    add("POST", "/_emulator/faults", add_faults, name="emulator:faults")
+    add("DELETE", "/_emulator/faults", clear_faults, name="emulator:clear-faults")
+    add("POST", "/{customer}/task/{task}/secret/{secret}/job", create_job, name="create:cs")
+    add("POST", "/task/{task}/secret/{secret}/job", create_job, name="create:s")
+    add("POST", "/{customer}/task/{task}/job", create_job, name="create:c")
+    add("POST", "/task/{task}/job", create_job, name="create")
+    for method in ("GET", "POST"):
+        add(method, "/job/{job}/secret/{secret}/result", job_result, name=f"result:s:{method}")
+        add(method, "/job/{job}/result", job_result, name=f"result:{method}")
+    add("PUT", "/{customer}/job/{job}/cancel", cancel, name="cancel")
+    add("GET", "/{customer}/job/{job}", get_job, name="job")
+    return app
+
+
+def create_emulator_app(settings: EmulatorSettings) -> web.Application:
+    """A self-contained emulator app; its running jobs are killed on the app's cleanup."""
+    state = EmulatorState(load_recipe(settings.recipe))
+    app = build_app(settings, state)
+
+    async def _cleanup(app: web.Application) -> None:
+        await shutdown_jobs(app[STATE_KEY])
+
+    app.on_cleanup.append(_cleanup)
+    return app
+
+
+async def shutdown_jobs(state: EmulatorState) -> None:
+    """Kill running subprocesses and timers and wait for their runner tasks."""
+    kill_all(state)
+    runners = [j.runner for j in state.jobs.values() if j.runner is not None]
+    if runners:
+        await asyncio.gather(*runners, return_exceptions=True)

@@ -1,0 +1,5 @@
+"""Prints {"message":"Hello world!"}."""
+
+import json
+
+print(json.dumps({"message": "Hello world!"}, separators=(",", ":")))
