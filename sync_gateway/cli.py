@@ -1,0 +1,250 @@
+"""Command line: ``serve``, ``demo``, ``emulator``, ``check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from sync_gateway import __version__
+from sync_gateway import logging as gw_logging
+from sync_gateway.config import ConfigError, Settings, load, redacted
+
+log = structlog.get_logger("sync_gateway.cli")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    server: dict[str, Any] = {}
+    if getattr(args, "host", None) is not None:
+        server["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        server["port"] = args.port
+    if getattr(args, "workers", None) is not None:
+        server["workers"] = args.workers
+    data: dict[str, Any] = {"server": server} if server else {}
+    if getattr(args, "upstream", None) is not None:
+        data["upstream"] = {"url": args.upstream}
+    return data
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load(getattr(args, "config", None), os.environ, _overrides(args))
+
+
+def _use_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _run_gateway(settings: Settings, sock: socket.socket | None = None) -> None:
+    from sync_gateway.app import create_app
+
+    server = settings.server
+    log.info(
+        "gateway_listening",
+        url=f"http://{server.host}:{server.port}",
+        upstream=settings.upstream.url,
+        pid=os.getpid(),
+    )
+    web.run_app(
+        create_app(settings),
+        host=None if sock is not None else server.host,
+        port=None if sock is not None else server.port,
+        sock=sock,
+        backlog=server.backlog,
+        reuse_port=server.workers > 1 and sock is None,
+        shutdown_timeout=server.drain_seconds + 5.0,
+        handler_cancellation=server.handler_cancellation,
+        access_log=None,
+        print=None,
+    )
+
+
+def _worker(settings: Settings) -> None:
+    gw_logging.configure(settings.log.level, settings.log.format)
+    _use_uvloop()
+    _run_gateway(settings)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    gw_logging.configure(settings.log.level, settings.log.format)
+    if settings.server.workers <= 1:
+        _use_uvloop()
+        _run_gateway(settings)
+        return 0
+    return _serve_workers(settings)
+
+
+def _serve_workers(settings: Settings) -> int:
+    """N processes on one port (SO_REUSEPORT); SIGTERM/SIGINT are passed on to all."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker, args=(settings,), name=f"sync-gateway-{i}")
+        for i in range(settings.server.workers)
+    ]
+    for proc in procs:
+        proc.start()
+
+    def forward(signum: int, _: Any) -> None:
+        for proc in procs:
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = []
+    for proc in procs:
+        proc.join()
+        codes.append(proc.exitcode or 0)
+    return max(codes)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = load(args.file, os.environ, {})
+    sys.stdout.write(orjson.dumps(redacted(settings), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from sync_gateway.emulator import EmulatorSettings, run_emulator
+
+    gw_logging.configure("info", "auto")
+    settings = EmulatorSettings(
+        recipe=Path(args.recipe) if args.recipe else None, min_timeout=args.min_timeout
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_emulator(settings, args.host, args.port))
+    return 0
+
+
+SLOW_TASK_ID = "65a000000000000000000002"  # the bundled recipe's "Slow" task
+DEMO_LINES = """
+sync-gateway demo: gateway {gw} in front of the supervisor emulator {up}
+(customer "demo", token "demo-token"; the recipe is the seeds' "Rest API Response")
+
+  # success: the job's output, 200
+  curl -i -X POST '{gw}/demo/task/64ac0b46c06feba9b89ad795/job?access_token=demo-token' \\
+       -H 'content-type: application/json' --data '{{"task_arguments":[100]}}'
+  # failure: 500 and the raw output
+  curl -i -X POST '{gw}/demo/task/64ac0b46c06feba9b89ad795/job?access_token=demo-token' \\
+       -H 'content-type: application/json' --data '{{"task_arguments":[200]}}'
+  # parse: the output parsed; the failure answers the task's own 418
+  curl -i -X POST '{gw}/demo/task/64ac0b46c06feba9b89ad795/job?parse&access_token=demo-token' \\
+       -H 'content-type: application/json' --data '{{"task_arguments":[200]}}'
+  # a response object: 201, a TheEyeJobId header and the inner body
+  curl -i -X POST '{gw}/demo/task/6538069b3a10575075d0ccb5/job?parse&access_token=demo-token'
+  # the supervisor's own wait_result loop, followed by curl
+  curl -i --location -X POST \\
+       '{gw}/task/64ac0b46c06feba9b89ad795/job?access_token=demo-token&wait_result=true&parse' \\
+       -H 'content-type: application/json' --data '{{"task_arguments":[100]}}'
+  # a wait that runs out (a 5 s job, 1 s budget): 202 + Location, then re-attach
+  curl -i -X POST -H 'Prefer: wait=1' \\
+       '{gw}/demo/task/{slow}/job?access_token=demo-token' --data '[5]'
+
+Ctrl-C stops both.
+"""
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sync_gateway.emulator import EmulatorSettings
+
+    gw_logging.configure("warning", "auto")
+    emulator_settings = EmulatorSettings(min_timeout=1.0)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_demo(emulator_settings, args.host, args.port, args.emulator_port))
+    return 0
+
+
+async def _demo(emu_settings: Any, host: str, port: int, emulator_port: int) -> None:
+    from sync_gateway.app import create_app
+    from sync_gateway.emulator import EmulatorServer
+
+    emulator = EmulatorServer(emu_settings, host="127.0.0.1", port=emulator_port)
+    await emulator.start()
+    settings = load(
+        None, {}, {"server": {"host": host, "port": port}, "upstream": {"url": emulator.url}}
+    )
+    runner = web.AppRunner(create_app(settings), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    gw = f"http://{host}:{bound}"
+    sys.stdout.write(DEMO_LINES.format(gw=gw, up=emulator.url, slow=_slow_task_id()))
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await emulator.close()
+        sys.stdout.write("stopped\n")
+
+
+def _slow_task_id() -> str:
+    return SLOW_TASK_ID
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sync-gateway", description="One blocking HTTP call in front of an async job API."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="TOML settings file (or SYNC_GATEWAY_CONFIG)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--upstream", help="the upstream's base URL")
+    serve.add_argument("--workers", type=int, help="processes sharing the port")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="the gateway and the supervisor emulator together")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080, help="gateway port (0: any free one)")
+    demo.add_argument("--emulator-port", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+
+    emulator = sub.add_parser("emulator", help="run the TheEye supervisor emulator alone")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=60080)
+    emulator.add_argument("--recipe", help="tasks recipe (TOML); default: the bundled one")
+    emulator.add_argument(
+        "--min-timeout", type=float, default=10.0, help="lower long-poll clamp (supervisor: 10)"
+    )
+    emulator.set_defaults(func=cmd_emulator)
+
+    check = sub.add_parser("check-config", help="validate a config; print effective settings")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"sync-gateway: config error: {exc}\n")
+        return 2
+    return code

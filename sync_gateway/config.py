@@ -1,0 +1,344 @@
+"""Typed, frozen settings, read once at start-up.
+
+Precedence, lowest to highest: defaults, a TOML file (``--config`` or ``SYNC_GATEWAY_CONFIG``),
+environment variables ``SYNC_GATEWAY_<SECTION>_<KEY>`` (top-level keys:
+``SYNC_GATEWAY_<KEY>``), then CLI flags. Anything wrong raises :class:`ConfigError` with one
+line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yarl
+
+ENV_PREFIX = "SYNC_GATEWAY_"
+
+
+class ConfigError(Exception):
+    """A setting is unknown or has a bad value; the message is one line naming the key."""
+
+
+WaitMode = Literal["long-poll", "poll"]
+FormatName = Literal["output", "parse", "result", "full"]
+LogFormat = Literal["auto", "json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+AdapterName = Literal["theeye", "location-poll", "executejob"]
+StoreBackend = Literal["memory", "redis"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The listening side."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1_048_576
+    drain_seconds: float = 25.0
+    workers: int = 1
+    backlog: int = 16384
+    handler_cancellation: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    """The job API behind the gateway and how we talk to it."""
+
+    url: str = "http://127.0.0.1:60080"
+    connect_timeout: float = 5.0
+    request_timeout: float = 30.0
+    max_result_bytes: int = 10_485_760
+    wait: WaitMode = "long-poll"
+    poll_interval: float = 1.0
+    poll_max_interval: float = 5.0
+    long_poll_timeout: float = 60.0
+    max_long_polls: int = 5000
+    pool_size: int = 0
+    retry_attempts: int = 6
+
+
+@dataclass(frozen=True, slots=True)
+class WaitSettings:
+    """How long a client's call may block."""
+
+    default_seconds: float = 60.0
+    max_seconds: float = 600.0
+    watch_seconds: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """How long and how much of finished results the gateway keeps."""
+
+    seconds: float = 3600.0
+    max_bytes: int = 268_435_456
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """Structured logs on stdout."""
+
+    level: LogLevel = "info"
+    format: LogFormat = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """Where retained results and idempotency keys live."""
+
+    backend: StoreBackend = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    """One client-facing route served by a non-default adapter."""
+
+    method: str
+    path: str
+    adapter: AdapterName
+    upstream: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the gateway reads at start-up."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    wait: WaitSettings = field(default_factory=WaitSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    default_format: FormatName = "output"
+    cancel_on_disconnect: bool = False
+    routes: tuple[RouteSettings, ...] = ()
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "upstream": UpstreamSettings,
+    "wait": WaitSettings,
+    "retention": RetentionSettings,
+    "log": LogSettings,
+    "store": StoreSettings,
+}
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number 0..65535"
+
+
+def _http_url(value: str) -> str | None:
+    try:
+        url = yarl.URL(value)
+    except (ValueError, TypeError):
+        return "must be an http(s) URL"
+    if url.scheme not in ("http", "https") or not url.host:
+        return "must be an http(s) URL"
+    return None
+
+
+_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "server.port": _port,
+    "server.max_body_bytes": _positive,
+    "server.drain_seconds": _non_negative,
+    "server.workers": _positive,
+    "server.backlog": _positive,
+    "upstream.url": _http_url,
+    "upstream.connect_timeout": _positive,
+    "upstream.request_timeout": _positive,
+    "upstream.max_result_bytes": _positive,
+    "upstream.poll_interval": _positive,
+    "upstream.poll_max_interval": _positive,
+    "upstream.long_poll_timeout": _positive,
+    "upstream.max_long_polls": _non_negative,
+    "upstream.pool_size": _non_negative,
+    "upstream.retry_attempts": _positive,
+    "wait.default_seconds": _non_negative,
+    "wait.max_seconds": _non_negative,
+    "wait.watch_seconds": _positive,
+    "retention.seconds": _non_negative,
+    "retention.max_bytes": _non_negative,
+}
+
+
+def _coerce(key: str, hint: Any, raw: Any, from_text: bool) -> Any:
+    """Turn a TOML or environment value into the field's type, or raise ConfigError."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        allowed = get_args(hint)
+        if raw not in allowed:
+            choices = ", ".join(repr(a) for a in allowed)
+            raise ConfigError(f"{key}: {raw!r} is not one of {choices}")
+        return raw
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        if from_text and str(raw).lower() in ("1", "true", "yes", "on"):
+            return True
+        if from_text and str(raw).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: {raw!r} is not a boolean (true or false)")
+    if hint is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if from_text:
+            try:
+                return int(str(raw).replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: {raw!r} is not an integer")
+    if hint is float:
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            return float(raw)
+        if from_text:
+            try:
+                return float(str(raw))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: {raw!r} is not a number")
+    if hint is str:
+        if isinstance(raw, str):
+            return raw
+        raise ConfigError(f"{key}: {raw!r} is not a string")
+    if origin in (Union, types.UnionType):  # pragma: no cover - no optional fields yet
+        raise ConfigError(f"{key}: unsupported type")
+    raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover
+
+
+def _build(cls: type[Any], prefix: str, values: Mapping[str, Any], from_text: bool) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, raw in values.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise ConfigError(f"{key}: unknown setting")
+        value = _coerce(key, hints[name], raw, from_text)
+        check = _CHECKS.get(key)
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"{key}: {value!r} {problem}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _merge(base: Any, prefix: str, values: Mapping[str, Any], from_text: bool) -> Any:
+    """A copy of the frozen section ``base`` with ``values`` applied."""
+    built = _build(type(base), prefix, values, from_text)
+    return dataclasses.replace(base, **{k: getattr(built, k) for k in values})
+
+
+def _routes(raw: Any) -> tuple[RouteSettings, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("routes: must be an array of tables ([[routes]])")
+    routes = []
+    for i, item in enumerate(raw):
+        key = f"routes[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{key}: must be a table")
+        missing = {"method", "path", "adapter", "upstream"} - set(item)
+        if missing:
+            raise ConfigError(f"{key}.{sorted(missing)[0]}: missing")
+        route = _build(RouteSettings, f"{key}.", item, False)
+        if not route.path.startswith("/"):
+            raise ConfigError(f"{key}.path: {route.path!r} must start with /")
+        if route.method.upper() not in ("GET", "POST", "PUT"):
+            raise ConfigError(f"{key}.method: {route.method!r} is not GET, POST or PUT")
+        routes.append(dataclasses.replace(route, method=route.method.upper()))
+    return tuple(routes)
+
+
+def _apply(settings: Settings, data: Mapping[str, Any], from_text: bool) -> Settings:
+    changes: dict[str, Any] = {}
+    top: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{name}: must be a table")
+            section = changes.get(name, getattr(settings, name))
+            changes[name] = _merge(section, f"{name}.", value, from_text)
+        elif name == "routes":
+            changes["routes"] = _routes(value)
+        else:
+            top[name] = value
+    if top:
+        built = _build(Settings, "", top, from_text)
+        changes.update({k: getattr(built, k) for k in top})
+    return dataclasses.replace(settings, **changes)
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """``SYNC_GATEWAY_UPSTREAM_URL=…`` → ``{"upstream": {"url": …}}``."""
+    data: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        if section in _SECTIONS and key:
+            data.setdefault(section, {})[key] = value
+        else:
+            data[rest] = value
+    return data
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config: file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {str(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def load(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from defaults, file, environment and flags (in that order)."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    if path is None and env.get(f"{ENV_PREFIX}CONFIG"):
+        path = env[f"{ENV_PREFIX}CONFIG"]
+    if path is not None:
+        settings = _apply(settings, _read_toml(Path(path)), from_text=False)
+    settings = _apply(settings, _from_env(env), from_text=True)
+    if overrides:
+        settings = _apply(settings, overrides, from_text=False)
+    if settings.wait.default_seconds > settings.wait.max_seconds:
+        raise ConfigError(
+            f"wait.default_seconds: {settings.wait.default_seconds!r} "
+            f"is more than wait.max_seconds ({settings.wait.max_seconds!r})"
+        )
+    return settings
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, with any password in URLs masked."""
+    data = dataclasses.asdict(settings)
+    for section, key in (("upstream", "url"), ("store", "url")):
+        url = yarl.URL(data[section][key])
+        if url.password:
+            data[section][key] = str(url.with_password("***"))
+    return data

@@ -1,0 +1,155 @@
+"""Where finished results and idempotency keys are kept, behind one small interface.
+
+The in-memory store keeps each finished result for ``retention.seconds``, bounded by
+``retention.max_bytes`` (oldest evicted first; a result larger than the whole bound is not kept:
+it is served to the waiters that are there and then gone). A shared store (Redis) implements
+the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+from sync_gateway.metrics import Metrics
+from sync_gateway.upstream.base import JobRef, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Retained:
+    """A finished job as kept for re-attach: the result and who may read it."""
+
+    ref: JobRef
+    snapshot: Snapshot
+    owner: bytes
+    expires_at: float
+
+
+class ResultStore(Protocol):
+    """Finished results and idempotency claims."""
+
+    async def get(self, key: str) -> Retained | None:
+        """The retained result for a job key, or None."""
+        ...
+
+    async def put(self, item: Retained) -> bool:
+        """Keep a finished result; False when it is too large to keep."""
+        ...
+
+    async def remember_ref(self, ref: JobRef, owner: bytes) -> None:
+        """Remember a job the gateway created (its ref and its creator) for re-attach."""
+        ...
+
+    async def ref(self, key: str) -> tuple[JobRef, bytes] | None:
+        """The ref and creator digest of a job the gateway created, or None."""
+        ...
+
+    async def claim(self, idem_key: str) -> asyncio.Future[JobRef] | None:
+        """Claim an idempotency key: None when claimed now (the caller creates the job and
+        calls :meth:`settle`), else a future of the first caller's job."""
+        ...
+
+    def settle(self, idem_key: str, ref: JobRef | None) -> None:
+        """Record the job created under a claimed key (None: the create failed, release it)."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources."""
+        ...
+
+
+class MemoryStore:
+    """The embedded default: one process, bounded, expiring."""
+
+    def __init__(self, seconds: float, max_bytes: int, metrics: Metrics) -> None:
+        self.seconds = seconds
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+        self._results: OrderedDict[str, Retained] = OrderedDict()
+        self._bytes = 0
+        self._refs: OrderedDict[str, tuple[JobRef, bytes, float]] = OrderedDict()
+        self._claims: dict[str, tuple[asyncio.Future[JobRef], float]] = {}
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    def _expire(self) -> None:
+        now = self._now()
+        # Insertion order is expiry order: every entry lives `seconds` from when it was put.
+        while self._results:
+            key, item = next(iter(self._results.items()))
+            if item.expires_at > now:
+                break
+            self._drop(key)
+        while self._refs and next(iter(self._refs.values()))[2] <= now:
+            self._refs.popitem(last=False)
+        for key in [k for k, (_, exp) in self._claims.items() if exp <= now]:
+            del self._claims[key]
+        self._publish()
+
+    def _drop(self, key: str) -> None:
+        item = self._results.pop(key)
+        self._bytes -= item.snapshot.size
+
+    def _publish(self) -> None:
+        self.metrics.retained_results.set(len(self._results))
+        self.metrics.retained_bytes.set(self._bytes)
+
+    async def get(self, key: str) -> Retained | None:
+        self._expire()
+        return self._results.get(key)
+
+    async def put(self, item: Retained) -> bool:
+        self._expire()
+        key = item.ref.key
+        if key in self._results:
+            self._drop(key)
+        if item.snapshot.size > self.max_bytes or self.seconds <= 0:
+            self._publish()
+            return False
+        while self._results and self._bytes + item.snapshot.size > self.max_bytes:
+            self._drop(next(iter(self._results)))
+        self._results[key] = item
+        self._bytes += item.snapshot.size
+        self._publish()
+        return True
+
+    async def remember_ref(self, ref: JobRef, owner: bytes) -> None:
+        self._expire()
+        self._refs.pop(ref.key, None)
+        self._refs[ref.key] = (ref, owner, self._now() + max(self.seconds, 60.0))
+
+    async def ref(self, key: str) -> tuple[JobRef, bytes] | None:
+        self._expire()
+        found = self._refs.get(key)
+        return (found[0], found[1]) if found else None
+
+    async def claim(self, idem_key: str) -> asyncio.Future[JobRef] | None:
+        self._expire()
+        found = self._claims.get(idem_key)
+        if found is not None:
+            return found[0]
+        future: asyncio.Future[JobRef] = asyncio.get_running_loop().create_future()
+        self._claims[idem_key] = (future, self._now() + max(self.seconds, 60.0))
+        return None
+
+    def settle(self, idem_key: str, ref: JobRef | None) -> None:
+        found = self._claims.get(idem_key)
+        if found is None:
+            return
+        future = found[0]
+        if ref is None:
+            del self._claims[idem_key]
+            if not future.done():
+                future.cancel()
+        elif not future.done():
+            future.set_result(ref)
+
+    async def close(self) -> None:
+        for future, _ in self._claims.values():
+            if not future.done():
+                future.cancel()
+        self._claims.clear()

@@ -1,0 +1,333 @@
+"""Thin aiohttp handlers: parse the request, call the engine, render the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import time
+from collections.abc import Iterable
+from urllib.parse import quote
+
+import structlog
+from aiohttp import web
+from multidict import MultiDict, MultiMapping
+
+from sync_gateway import requests as rq
+from sync_gateway.config import Settings
+from sync_gateway.errors import Forbidden, PayloadTooLarge, ServiceUnavailable
+from sync_gateway.metrics import Metrics
+from sync_gateway.render import (
+    JSON_CONTENT_TYPE,
+    Format,
+    FormatKind,
+    Rendered,
+    json_body,
+    render_job,
+)
+from sync_gateway.render import parse_format as _parse_format
+from sync_gateway.retention import ResultStore
+from sync_gateway.upstream.base import (
+    Adapter,
+    Created,
+    CreateRequest,
+    Credentials,
+    JobRef,
+    Snapshot,
+)
+from sync_gateway.waiting import Engine, Watch
+
+log = structlog.get_logger("sync_gateway.routes")
+
+RETRY_AFTER_SECONDS = 1
+UNKNOWN = Snapshot(False, "in_progress", "")
+
+
+def query_string(items: Iterable[tuple[str, str]]) -> str:
+    """A query string in which valueless flags stay bare (``?parse&full``), as the seeds write them."""
+    return "&".join(
+        quote(k, safe="") if v == "" else f"{quote(k, safe='')}={quote(v, safe='')}"
+        for k, v in items
+    )
+
+
+def json_response(
+    status: int, value: object, headers: Iterable[tuple[str, str]] = ()
+) -> web.Response:
+    resp = web.Response(status=status, body=json_body(value))
+    resp.headers["Content-Type"] = JSON_CONTENT_TYPE
+    for name, val in headers:
+        resp.headers[name] = val
+    return resp
+
+
+def rendered_response(rendered: Rendered, job_id: str) -> web.Response:
+    resp = web.Response(status=rendered.status, body=rendered.body)
+    resp.headers["Content-Type"] = rendered.content_type
+    for name, value in rendered.headers:
+        resp.headers.add(name, value)
+    resp.headers["X-Job-Id"] = job_id
+    if rendered.dropped:
+        log.info("task_headers_dropped", job_id=job_id, dropped=list(rendered.dropped))
+    return resp
+
+
+class Handlers:
+    """The client-facing routes of the TheEye flavour."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        store: ResultStore,
+        adapter: Adapter,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.store = store
+        self.adapter = adapter
+        self.metrics = metrics
+        self.default_format = FormatKind(settings.default_format)
+
+    # ---- parsing helpers -----------------------------------------------------------------
+
+    def parse_format(self, query: MultiMapping[str]) -> Format:
+        return _parse_format(query, self.default_format)
+
+    async def read_body(self, request: web.Request) -> bytes:
+        limit = self.settings.server.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"the request body is over {limit} bytes", limit=limit)
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(f"the request body is over {limit} bytes", limit=limit) from None
+
+    # ---- job-creating routes -------------------------------------------------------------
+
+    async def create_and_wait(self, request: web.Request) -> web.StreamResponse:
+        """POST /{customer}/task/{task}/job (and the secret form): block for the result."""
+        return await self._create(request, blocking=True)
+
+    async def create_compat(self, request: web.Request) -> web.StreamResponse:
+        """POST /task/{task}/job: async pass-through unless wait_result=true."""
+        return await self._create(request, blocking=False)
+
+    async def _create(self, request: web.Request, *, blocking: bool) -> web.StreamResponse:
+        if self.engine.draining:
+            raise ServiceUnavailable("the gateway is shutting down; retry on another instance")
+        params = rq.path_ids(request.match_info)
+        query = request.query
+        fmt = self.parse_format(query)
+        budget = rq.budget(query, request.headers, self.settings.wait)
+        creds = rq.credentials(query, request.headers)
+        if "secret" in params:
+            creds = dataclasses.replace(creds, secret=params["secret"])
+        idem = rq.idempotency_key(request.headers)
+        body = await self.read_body(request)
+        parsed = rq.json_body(body)
+        wait_result = rq.wants_wait_result(query, parsed)
+        create = CreateRequest(params, query, body, request.content_type, creds, idem)
+
+        ref, last, created = await self._create_once(create)
+        if wait_result:
+            self.engine.watch(ref, creds, last)
+            return self._see_other_from_create(ref, query, created)
+        if not blocking:
+            return self._pass_through(ref, created)
+        watch = self.engine.watch(ref, creds, last)
+        prefer = budget.applied
+        if budget.respond_async:
+            return self._accepted(ref, watch.last, fmt, query, prefer)
+        return await self._wait_and_answer(watch, fmt, budget.seconds, query, prefer)
+
+    async def _create_once(self, create: CreateRequest) -> tuple[JobRef, Snapshot, Created | None]:
+        """Create the job upstream, or attach to the job a same-key request created."""
+        key = None
+        if create.idempotency_key is not None:
+            key = f"{create.idempotency_key}\x00{create.credentials.digest().hex()}"
+            earlier = await self.store.claim(key)
+            if earlier is not None:
+                ref = await asyncio.shield(earlier)
+                log.info("idempotent_replay", job_id=ref.id)
+                return ref, await self._last_known(ref), None
+        task = asyncio.ensure_future(self.adapter.create(create))
+        try:
+            created = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The client hung up during the create: the job may exist; keep its result.
+            task.add_done_callback(lambda t: self._adopt(t, create.credentials, key))
+            raise
+        except BaseException:
+            if key is not None:
+                self.store.settle(key, None)
+            raise
+        await self._adopted(created, create.credentials, key)
+        return created.ref, created.snapshot, created
+
+    def _adopt(self, task: asyncio.Future[Created], creds: Credentials, key: str | None) -> None:
+        if task.cancelled() or task.exception() is not None:
+            if key is not None:
+                self.store.settle(key, None)
+            return
+        created = task.result()
+        self.engine.spawn(self._adopted(created, creds, key))
+        self.engine.watch(created.ref, creds, created.snapshot)
+
+    async def _adopted(self, created: Created, creds: Credentials, key: str | None) -> None:
+        await self.store.remember_ref(created.ref, creds.digest())
+        if key is not None:
+            self.store.settle(key, created.ref)
+        log.info("job_created", job_id=created.ref.id, state=created.snapshot.state)
+
+    async def _last_known(self, ref: JobRef) -> Snapshot:
+        watch = self.engine.watching(ref.key)
+        if watch is not None:
+            return watch.last
+        retained = await self.store.get(ref.key)
+        return retained.snapshot if retained is not None else UNKNOWN
+
+    def _pass_through(self, ref: JobRef, created: Created | None) -> web.Response:
+        if created is None:  # an idempotent replay of an async create: say where the job is
+            return json_response(200, {"id": ref.id}, [("X-Job-Id", ref.id)])
+        resp = web.Response(status=created.status, body=created.body)
+        resp.headers["Content-Type"] = created.content_type
+        resp.headers["X-Job-Id"] = ref.id
+        return resp
+
+    def _see_other_from_create(
+        self, ref: JobRef, query: MultiMapping[str], created: Created | None
+    ) -> web.Response:
+        """wait_result=true: 303 into the re-attach loop, body = the created job."""
+        items = [(k, v) for k, v in query.items() if k not in ("wait_result", "counter")]
+        items += [("counter", "0")]
+        if "limit" not in query:
+            items.append(("limit", str(rq.SUPERVISOR_LIMIT)))
+        if "timeout" not in query:
+            items.append(("timeout", str(int(rq.SUPERVISOR_TIMEOUT))))
+        resp = self._pass_through(ref, created)
+        resp.set_status(303)
+        resp.headers["Location"] = self._result_path(ref) + "?" + query_string(items)
+        return resp
+
+    # ---- waiting and answering -----------------------------------------------------------
+
+    async def _wait_and_answer(
+        self,
+        watch: Watch,
+        fmt: Format,
+        seconds: float,
+        query: MultiMapping[str],
+        prefer: tuple[str, ...] = (),
+    ) -> web.Response:
+        started = time.monotonic()
+        snap = await self.engine.wait(watch, seconds)
+        waited = time.monotonic() - started
+        if snap is None:
+            self.metrics.wait_seconds.labels(outcome="accepted").observe(waited)
+            return self._accepted(watch.ref, watch.last, fmt, query, prefer)
+        self.metrics.wait_seconds.labels(outcome="finished").observe(waited)
+        return self._answer(watch.ref, snap, fmt, prefer)
+
+    def _answer(
+        self, ref: JobRef, snap: Snapshot, fmt: Format, prefer: tuple[str, ...] = ()
+    ) -> web.Response:
+        rendered = snap.rendered or render_job(snap.document, fmt)
+        resp = rendered_response(rendered, ref.id)
+        if prefer:
+            resp.headers["Preference-Applied"] = ", ".join(prefer)
+        return resp
+
+    def _accepted(
+        self,
+        ref: JobRef,
+        last: Snapshot,
+        fmt: Format,
+        query: MultiMapping[str],
+        prefer: tuple[str, ...] = (),
+    ) -> web.Response:
+        """202: the job goes on; here is where to fetch its result."""
+        self.metrics.budget_expired.inc()
+        items = list(fmt.query_items())
+        if "access_token" in query:
+            items.append(("access_token", query["access_token"]))
+        location = self._result_path(ref) + "?" + query_string(items)
+        headers = [
+            ("Location", location),
+            ("Retry-After", str(RETRY_AFTER_SECONDS)),
+            ("X-Job-Id", ref.id),
+        ]
+        if prefer:
+            headers.append(("Preference-Applied", ", ".join(prefer)))
+        body = {**last.summary(ref.id), "location": location}
+        return json_response(202, body, headers)
+
+    def _result_path(self, ref: JobRef) -> str:
+        job = quote(ref.id, safe="")
+        if ref.job_secret:
+            return f"/job/{job}/secret/{quote(ref.job_secret, safe='')}/result"
+        return f"/job/{job}/result"
+
+    # ---- re-attach -----------------------------------------------------------------------
+
+    async def result(self, request: web.Request) -> web.StreamResponse:
+        """GET/POST /job/{job}/result and /job/{job}/secret/{secret}/result."""
+        params = rq.path_ids(request.match_info)
+        query = request.query
+        fmt = self.parse_format(query)
+        loop = rq.loop_params(query)
+        job_secret = params.get("secret")
+        creds = (
+            Credentials(secret=job_secret) if job_secret else rq.credentials(query, request.headers)
+        )
+        if request.method == "POST":
+            await self.read_body(request)  # bounded; a re-sent POST body is ignored
+        ref = self.adapter.ref_for(params["job"], {"customer": query.get("customer", "")})
+        retained = await self.store.get(ref.key)
+        if retained is not None:
+            await self._authorize(retained.ref, retained.owner, creds, job_secret)
+            return self._answer(retained.ref, retained.snapshot, fmt)
+        watch = await self._attach(ref, creds, job_secret)
+        seconds = self.settings.wait.default_seconds if loop.timeout is None else loop.timeout
+        started = time.monotonic()
+        snap = await self.engine.wait(watch, min(seconds, self.settings.wait.max_seconds))
+        if snap is not None:
+            self.metrics.wait_seconds.labels(outcome="finished").observe(time.monotonic() - started)
+            return self._answer(watch.ref, snap, fmt)
+        if loop.counter is not None and (loop.limit is None or loop.counter < loop.limit):
+            return self._see_other_next(watch.ref, query, loop.counter)
+        return self._accepted(watch.ref, watch.last, fmt, query)
+
+    async def _attach(self, ref: JobRef, creds: Credentials, job_secret: str | None) -> Watch:
+        """The job's watch, after checking that this caller may see the job."""
+        watch = self.engine.watching(ref.key)
+        if watch is not None:
+            await self._authorize(watch.ref, watch.owner, creds, job_secret)
+            return watch
+        known = await self.store.ref(ref.key)
+        if known is not None:
+            known_ref, owner = known
+            await self._authorize(known_ref, owner, creds, job_secret)
+            if job_secret is None:
+                return self.engine.watch(known_ref, creds, UNKNOWN)
+            return self.engine.watch(known_ref, Credentials(), UNKNOWN)
+        if job_secret is not None:
+            ref = dataclasses.replace(ref, job_secret=job_secret)
+        # A job this gateway never saw: the upstream decides, through the watch's own requests.
+        return self.engine.watch(ref, creds, UNKNOWN)
+
+    async def _authorize(
+        self, ref: JobRef, owner: bytes, creds: Credentials, job_secret: str | None
+    ) -> None:
+        if job_secret is not None:
+            if ref.job_secret is None or not hmac.compare_digest(ref.job_secret, job_secret):
+                raise Forbidden("the job secret does not match this job")
+            return
+        await self.engine.authorize(ref, owner, creds)
+
+    def _see_other_next(self, ref: JobRef, query: MultiMapping[str], counter: int) -> web.Response:
+        items = MultiDict(query)
+        items["counter"] = str(counter + 1)
+        location = self._result_path(ref) + "?" + query_string(items.items())
+        return json_response(303, {}, [("Location", location), ("X-Job-Id", ref.id)])

@@ -1,0 +1,220 @@
+"""The one way adapters talk HTTP: pooled session, explicit timeouts, bounded reads, retries.
+
+Retry policy (SPEC 4), declared once with tenacity: connection errors, 429, 502, 503 and 504
+are retried with exponential backoff and jitter, honouring ``Retry-After``, never past the
+caller's deadline. A create passes ``idempotent=False`` and is then retried only when the
+request provably never left (a connect error).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from multidict import CIMultiDictProxy
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+from tenacity.stop import stop_base
+
+from sync_gateway.config import UpstreamSettings
+from sync_gateway.errors import (
+    ResultTooLarge,
+    UpstreamBadResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from sync_gateway.metrics import Metrics
+
+log = structlog.get_logger("sync_gateway.upstream")
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An upstream answer, read whole (within ``max_result_bytes``)."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "application/octet-stream")
+
+    def json(self) -> Any:
+        """The body as JSON, or UpstreamBadResponse."""
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            raise UpstreamBadResponse(
+                "the upstream answered something that is not JSON", upstream_status=self.status
+            ) from None
+
+    @property
+    def retry_after(self) -> float | None:
+        return parse_retry_after(self.headers.get("Retry-After"))
+
+
+class RetryableStatus(UpstreamUnavailable):
+    """A 429/502/503/504 answer, retried; raised as UpstreamUnavailable when retries run out."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(
+            f"the upstream answered {response.status}", upstream_status=response.status
+        )
+        self.response = response
+
+
+class ConnectFailed(UpstreamUnavailable):
+    """The request never reached the upstream: always safe to retry."""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds (delta or HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _WaitHonouringRetryAfter:
+    """Exponential backoff with jitter, but never shorter than the upstream's Retry-After."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self._backoff = wait_exponential_jitter(
+            initial=0.1, max=settings.poll_max_interval, jitter=0.1
+        )
+
+    def __call__(self, state: RetryCallState) -> float:
+        delay = float(self._backoff(state))
+        outcome = state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, RetryableStatus):
+            after = exc.response.retry_after
+            if after is not None:
+                delay = max(delay, after)
+        return delay
+
+
+class UpstreamClient:
+    """Wraps the app's single ClientSession; every adapter request goes through here."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, settings: UpstreamSettings, metrics: Metrics
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.metrics = metrics
+        self._wait = _WaitHonouringRetryAfter(settings)
+
+    async def request(
+        self,
+        kind: str,
+        method: str,
+        url: str,
+        *,
+        params: Any = None,
+        headers: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        timeout: float | None = None,
+        budget: float | None = None,
+        idempotent: bool = True,
+    ) -> Response:
+        """Send one logical request, retried per policy within ``budget`` seconds."""
+
+        def retryable(exc: BaseException) -> bool:
+            if isinstance(exc, ConnectFailed):
+                return True
+            return idempotent and isinstance(exc, RetryableStatus | UpstreamUnavailable)
+
+        stop: stop_base = stop_after_attempt(self.settings.retry_attempts)
+        if budget is not None:
+            stop = stop | stop_before_delay(max(budget, 0.0))
+        retrying = AsyncRetrying(
+            stop=stop,
+            wait=self._wait,
+            retry=retry_if_exception(retryable),
+            reraise=True,
+            before_sleep=lambda state: self._count_retry(kind, state),
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._once(kind, method, url, params, headers, data, timeout)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _count_retry(self, kind: str, state: RetryCallState) -> None:
+        self.metrics.upstream_retries.labels(kind=kind).inc()
+        exc = state.outcome.exception() if state.outcome else None
+        log.info("upstream_retry", kind=kind, attempt=state.attempt_number, reason=str(exc))
+
+    async def _once(
+        self,
+        kind: str,
+        method: str,
+        url: str,
+        params: Any,
+        headers: Mapping[str, str] | None,
+        data: bytes | None,
+        timeout: float | None,
+    ) -> Response:
+        total = timeout if timeout is not None else self.settings.request_timeout
+        client_timeout = aiohttp.ClientTimeout(
+            total=total, connect=self.settings.connect_timeout, sock_connect=None
+        )
+        try:
+            async with self.session.request(
+                method,
+                url,
+                params=params,
+                headers=headers,
+                data=data,
+                timeout=client_timeout,
+                allow_redirects=False,
+            ) as resp:
+                body = await self._read(resp)
+                response = Response(resp.status, resp.headers, body)
+        except aiohttp.ClientConnectorError as exc:
+            self.metrics.upstream_requests.labels(kind=kind, status="connect_error").inc()
+            raise ConnectFailed("the upstream refused or could not be reached") from exc
+        except TimeoutError as exc:
+            self.metrics.upstream_requests.labels(kind=kind, status="timeout").inc()
+            raise UpstreamTimeout("the upstream did not answer in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            self.metrics.upstream_requests.labels(kind=kind, status="io_error").inc()
+            raise UpstreamUnavailable("the upstream closed or reset the connection") from exc
+        self.metrics.upstream_requests.labels(kind=kind, status=str(response.status)).inc()
+        if response.status in RETRY_STATUSES:
+            raise RetryableStatus(response)
+        return response
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        limit = self.settings.max_result_bytes
+        if resp.content_length is not None and resp.content_length > limit:
+            raise ResultTooLarge("the job's result is larger than the gateway accepts")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > limit:
+                raise ResultTooLarge("the job's result is larger than the gateway accepts")
+            chunks.append(chunk)
+        return b"".join(chunks)

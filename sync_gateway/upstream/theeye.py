@@ -1,0 +1,203 @@
+"""TheEye supervisor adapter (SPEC 3.1).
+
+Create: ``POST /{customer}/task/{task}/job`` (or the ``/task/…`` and ``…/secret/{secret}/…``
+forms). Learn that a job finished by long-polling ``GET /job/{id}/result?full&timeout=T``:
+the supervisor answers the whole job document at once when the job has finished, else holds
+the request ``T`` seconds (it clamps T to 10..60) and answers 303 or 408, both of which mean
+"not yet". With ``upstream.wait = "poll"``, poll ``GET /{customer}/job/{id}`` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from multidict import MultiDict
+
+from sync_gateway.config import UpstreamSettings
+from sync_gateway.errors import UpstreamBadResponse, UpstreamRejected
+from sync_gateway.upstream.base import (
+    FINAL_LIFECYCLES,
+    FINAL_STATES,
+    Created,
+    CreateRequest,
+    Credentials,
+    JobRef,
+    Progress,
+    Snapshot,
+)
+from sync_gateway.upstream.http import Response, UpstreamClient
+
+# Query parameters that belong to the gateway and never go upstream on a create.
+GATEWAY_PARAMS = frozenset(
+    {"output", "parse", "result", "full", "timeout", "limit", "counter", "wait_result"}
+)
+SUPERVISOR_MIN_TIMEOUT = 10.0
+SUPERVISOR_MAX_TIMEOUT = 60.0
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def snapshot_from_document(doc: Any, size: int) -> Snapshot:
+    """A Snapshot from a TheEye job document, or UpstreamBadResponse."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
+        raise UpstreamBadResponse("the upstream answered a job document without an id")
+    state = str(doc.get("state") or "")
+    lifecycle = str(doc.get("lifecycle") or "")
+    finished = lifecycle in FINAL_LIFECYCLES or (not lifecycle and state in FINAL_STATES)
+    return Snapshot(finished, state, lifecycle, doc, size=size)
+
+
+def auth_params(credentials: Credentials) -> tuple[dict[str, str], dict[str, str]]:
+    """(query params, headers) that carry the caller's credentials upstream."""
+    params = {"access_token": credentials.access_token} if credentials.access_token else {}
+    headers = {"Authorization": credentials.authorization} if credentials.authorization else {}
+    return params, headers
+
+
+class TheEyeAdapter:
+    """Talks to a TheEye supervisor."""
+
+    name = "theeye"
+
+    def __init__(self, client: UpstreamClient, settings: UpstreamSettings, base_url: str) -> None:
+        self.client = client
+        self.settings = settings
+        self.base = base_url.rstrip("/")
+
+    def _create_url(self, params: Mapping[str, str]) -> str:
+        path = f"/task/{_seg(params['task'])}"
+        if params.get("customer"):
+            path = f"/{_seg(params['customer'])}{path}"
+        if params.get("secret"):
+            path += f"/secret/{_seg(params['secret'])}"
+        return f"{self.base}{path}/job"
+
+    async def create(self, request: CreateRequest) -> Created:
+        query: MultiDict[str] = MultiDict(
+            (k, v) for k, v in request.query.items() if k not in GATEWAY_PARAMS
+        )
+        headers = {}
+        if request.credentials.authorization:
+            headers["Authorization"] = request.credentials.authorization
+        if request.body:
+            headers["Content-Type"] = request.content_type or "application/json"
+        resp = await self.client.request(
+            "create",
+            "POST",
+            self._create_url(request.params),
+            params=query,
+            headers=headers,
+            data=request.body or None,
+            idempotent=False,
+        )
+        if 400 <= resp.status < 500:
+            raise UpstreamRejected(resp.status, resp.body, resp.headers.get("Content-Type"))
+        if resp.status not in (200, 201, 303):
+            raise UpstreamBadResponse(
+                "the upstream answered the create with an unexpected status",
+                upstream_status=resp.status,
+            )
+        snapshot = snapshot_from_document(resp.json(), len(resp.body))
+        doc = snapshot.document
+        by_secret = bool(request.params.get("secret"))
+        ref = JobRef(
+            adapter=self.name,
+            id=doc["id"],
+            customer=doc.get("customer_name") or request.params.get("customer"),
+            job_secret=doc.get("secret") if by_secret else None,
+        )
+        return Created(ref, snapshot, resp.status, resp.body, "application/json")
+
+    def _result_url(self, ref: JobRef) -> str:
+        if ref.job_secret:
+            return f"{self.base}/job/{_seg(ref.id)}/secret/{_seg(ref.job_secret)}/result"
+        return f"{self.base}/job/{_seg(ref.id)}/result"
+
+    def _finished_or_rejected(self, resp: Response) -> Snapshot | None:
+        """Read a /result?full answer: the job document, or None for "not yet"."""
+        if resp.status in (303, 408):
+            return None
+        if resp.status in (200, 500):
+            # `full` answers the document with 200 (success) or 500 (any other final state).
+            return snapshot_from_document(resp.json(), len(resp.body))
+        if 400 <= resp.status < 500:
+            raise UpstreamRejected(resp.status, resp.body, resp.headers.get("Content-Type"))
+        raise UpstreamBadResponse(
+            "the upstream answered the result request with an unexpected status",
+            upstream_status=resp.status,
+        )
+
+    async def _long_poll(self, ref: JobRef, credentials: Credentials, timeout: float) -> Progress:
+        # The supervisor holds the request between 10 and 60 s whatever we ask; our own
+        # request timeout covers what it will really do, plus the ordinary answer time.
+        asked = int(min(max(timeout, 1.0), SUPERVISOR_MAX_TIMEOUT))
+        held = min(max(asked, SUPERVISOR_MIN_TIMEOUT), SUPERVISOR_MAX_TIMEOUT)
+        params, headers = auth_params(credentials)
+        params.update({"full": "", "timeout": str(asked)})
+        if ref.customer and not ref.job_secret:
+            params["customer"] = ref.customer
+        resp = await self.client.request(
+            "result",
+            "GET",
+            self._result_url(ref),
+            params=params,
+            headers=headers,
+            timeout=held + self.settings.request_timeout,
+        )
+        return Progress(self._finished_or_rejected(resp), long_polled=True)
+
+    async def _get_document(self, ref: JobRef, credentials: Credentials) -> Snapshot:
+        params, headers = auth_params(credentials)
+        assert ref.customer is not None
+        resp = await self.client.request(
+            "job",
+            "GET",
+            f"{self.base}/{_seg(ref.customer)}/job/{_seg(ref.id)}",
+            params=params,
+            headers=headers,
+        )
+        if 400 <= resp.status < 500:
+            raise UpstreamRejected(resp.status, resp.body, resp.headers.get("Content-Type"))
+        if resp.status != 200:
+            raise UpstreamBadResponse(
+                "the upstream answered the job request with an unexpected status",
+                upstream_status=resp.status,
+            )
+        return snapshot_from_document(resp.json(), len(resp.body))
+
+    async def step(self, ref: JobRef, credentials: Credentials, timeout: float) -> Progress:
+        if self.settings.wait == "poll" and ref.customer and not ref.job_secret:
+            return Progress(await self._get_document(ref, credentials), long_polled=False)
+        return await self._long_poll(ref, credentials, timeout)
+
+    async def fetch(self, ref: JobRef, credentials: Credentials) -> Snapshot:
+        if ref.customer and not ref.job_secret:
+            return await self._get_document(ref, credentials)
+        progress = await self._long_poll(ref, credentials, SUPERVISOR_MIN_TIMEOUT)
+        if progress.snapshot is None:
+            return Snapshot(False, "in_progress", "", {"id": ref.id})
+        return progress.snapshot
+
+    async def cancel(self, ref: JobRef, credentials: Credentials) -> None:
+        if not ref.customer:
+            return
+        params, headers = auth_params(credentials)
+        await self.client.request(
+            "cancel",
+            "PUT",
+            f"{self.base}/{_seg(ref.customer)}/job/{_seg(ref.id)}/cancel",
+            params=params,
+            headers=headers,
+        )
+
+    def ref_for(self, job_id: str, params: Mapping[str, str]) -> JobRef:
+        return JobRef(
+            adapter=self.name,
+            id=job_id,
+            customer=params.get("customer") or None,
+            job_secret=params.get("secret") or None,
+        )

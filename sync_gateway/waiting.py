@@ -1,0 +1,232 @@
+"""The wait engine: one watch loop per job, any number of waiters, budgets, drain.
+
+A *watch* is one task that follows one job upstream (through its adapter) until the job
+finishes, then keeps the result in the store and wakes every waiter at once. A *waiter* is a
+client call blocked on a watch for at most its budget. Waiters come and go; the watch goes on
+after they leave (a re-attach finds it again), for at most ``wait.watch_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from sync_gateway.config import Settings
+from sync_gateway.errors import GatewayError, ResultTooLarge, UpstreamRejected
+from sync_gateway.metrics import Metrics
+from sync_gateway.retention import ResultStore, Retained
+from sync_gateway.upstream.base import Adapter, Credentials, JobRef, Snapshot
+
+log = structlog.get_logger("sync_gateway.waiting")
+
+# Errors after which watching again cannot help: the waiters get them as they are.
+TERMINAL_ERRORS = (UpstreamRejected, ResultTooLarge)
+
+
+@dataclass(eq=False, slots=True)
+class Watch:
+    """One job being followed upstream."""
+
+    ref: JobRef
+    credentials: Credentials
+    owner: bytes
+    last: Snapshot
+    future: asyncio.Future[Snapshot | None]
+    task: asyncio.Task[None] | None = None
+    waiters: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Engine:
+    """Owns every watch; the HTTP handlers only call :meth:`wait` and friends."""
+
+    def __init__(
+        self,
+        adapters: Mapping[str, Adapter],
+        store: ResultStore,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
+        self.adapters = adapters
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self._watches: dict[str, Watch] = {}
+        self._loop = asyncio.get_running_loop()
+        self._drain_over: asyncio.Future[None] = self._loop.create_future()
+        self.draining = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ---- watches -------------------------------------------------------------------------
+
+    def watching(self, key: str) -> Watch | None:
+        """The running watch of a job, if any."""
+        return self._watches.get(key)
+
+    def watch(self, ref: JobRef, credentials: Credentials, last: Snapshot) -> Watch:
+        """The job's watch, started now if there is none (single flight per job)."""
+        found = self._watches.get(ref.key)
+        if found is not None:
+            return found
+        w = Watch(ref, credentials, credentials.digest(), last, self._loop.create_future())
+        self._watches[ref.key] = w
+        w.task = self._loop.create_task(self._run(w), name=f"watch:{ref.key}")
+        self.metrics.active_watchers.inc()
+        return w
+
+    async def _run(self, w: Watch) -> None:
+        adapter = self.adapters[w.ref.adapter]
+        up = self.settings.upstream
+        deadline = self._loop.time() + self.settings.wait.watch_seconds
+        delay = min(0.05, up.poll_interval)
+        failures = 0
+        result: Snapshot | None = None
+        try:
+            while self._loop.time() < deadline:
+                remaining = deadline - self._loop.time()
+                try:
+                    progress = await adapter.step(
+                        w.ref, w.credentials, min(up.long_poll_timeout, remaining)
+                    )
+                except TERMINAL_ERRORS as exc:
+                    log.info("watch_failed", job_id=w.ref.id, error=exc.code)
+                    w.future.set_exception(exc)
+                    return
+                except GatewayError as exc:
+                    failures += 1
+                    pause = min(up.poll_max_interval, 0.1 * 2**failures)
+                    log.warning("watch_step_failed", job_id=w.ref.id, error=exc.code, pause=pause)
+                    await asyncio.sleep(pause)
+                    continue
+                failures = 0
+                snap = progress.snapshot
+                if snap is not None:
+                    w.last = snap
+                    if snap.finished:
+                        result = snap
+                        break
+                if not progress.long_polled:
+                    pause = max(delay, progress.retry_after or 0.0)
+                    await asyncio.sleep(min(pause, max(deadline - self._loop.time(), 0.0)))
+                    delay = min(delay * 1.5, up.poll_interval)
+            if result is not None:
+                await self._finish(w, result)
+            else:
+                log.info("watch_expired", job_id=w.ref.id)
+            if not w.future.done():
+                w.future.set_result(result)
+        except asyncio.CancelledError:
+            if not w.future.done():
+                w.future.set_result(None)
+            raise
+        except Exception as exc:  # a bug must not leave waiters hanging
+            log.exception("watch_crashed", job_id=w.ref.id)
+            if not w.future.done():
+                w.future.set_exception(GatewayError("the gateway failed while watching the job"))
+            del exc
+        finally:
+            self._watches.pop(w.ref.key, None)
+            self.metrics.active_watchers.dec()
+            # A watch future nobody awaited must not warn at garbage collection.
+            if w.future.done() and not w.future.cancelled():
+                w.future.exception()
+
+    async def _finish(self, w: Watch, snap: Snapshot) -> None:
+        self.metrics.jobs_finished.labels(state=snap.state or "unknown").inc()
+        expires = time.monotonic() + self.settings.retention.seconds
+        kept = await self.store.put(Retained(w.ref, snap, w.owner, expires))
+        log.info(
+            "job_finished",
+            job_id=w.ref.id,
+            state=snap.state,
+            watched_ms=round((time.monotonic() - w.started) * 1000),
+            retained=kept,
+        )
+
+    # ---- waiters -------------------------------------------------------------------------
+
+    async def wait(self, w: Watch, budget: float) -> Snapshot | None:
+        """Block until the watch ends or the budget (or the drain period) runs out.
+
+        None means "not finished yet": the caller answers 202 with a way to re-attach.
+        """
+        if w.future.done():
+            return w.future.result()
+        w.waiters += 1
+        self.metrics.active_waiters.inc()
+        try:
+            await asyncio.wait(
+                (w.future, self._drain_over),
+                timeout=max(budget, 0.0),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        except asyncio.CancelledError:
+            self._on_hang_up(w)
+            raise
+        finally:
+            w.waiters -= 1
+            self.metrics.active_waiters.dec()
+        return w.future.result() if w.future.done() else None
+
+    def _on_hang_up(self, w: Watch) -> None:
+        log.info("client_gone", job_id=w.ref.id, waiters_left=w.waiters - 1)
+        if self.settings.cancel_on_disconnect and w.waiters <= 1 and not w.future.done():
+            self.spawn(self._cancel(w))
+
+    async def _cancel(self, w: Watch) -> None:
+        try:
+            await self.adapters[w.ref.adapter].cancel(w.ref, w.credentials)
+            log.info("job_cancel_requested", job_id=w.ref.id)
+        except GatewayError as exc:
+            log.warning("job_cancel_failed", job_id=w.ref.id, error=exc.code)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a coroutine in the background, kept referenced until it ends."""
+        task = self._loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- access --------------------------------------------------------------------------
+
+    async def authorize(self, ref: JobRef, owner: bytes, credentials: Credentials) -> None:
+        """Let the job's creator in at once; ask the upstream about anybody else."""
+        if hmac.compare_digest(owner, credentials.digest()):
+            return
+        await self.adapters[ref.adapter].fetch(ref, credentials)
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    def begin_drain(self, seconds: float) -> None:
+        """Stop taking new waits; the waiting ones get ``seconds`` more, then a 202."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("drain_started", waiters=self.waiter_count(), seconds=seconds)
+
+        def over() -> None:
+            if not self._drain_over.done():
+                self._drain_over.set_result(None)
+
+        self._loop.call_later(seconds, over)
+
+    def waiter_count(self) -> int:
+        return sum(w.waiters for w in self._watches.values())
+
+    async def close(self) -> None:
+        """Stop every watch (on shutdown, after the drain)."""
+        if not self._drain_over.done():
+            self._drain_over.set_result(None)
+        tasks = [w.task for w in self._watches.values() if w.task is not None]
+        tasks += list(self._background)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
