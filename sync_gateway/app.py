@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import structlog
@@ -23,6 +24,7 @@ from sync_gateway.errors import (
 from sync_gateway.metrics import Metrics
 from sync_gateway.retention import MemoryStore, ResultStore
 from sync_gateway.routes import Handlers, json_response
+from sync_gateway.upstream import build_route_adapter, route_name
 from sync_gateway.upstream.base import Adapter
 from sync_gateway.upstream.http import UpstreamClient
 from sync_gateway.upstream.theeye import TheEyeAdapter
@@ -36,6 +38,8 @@ ENGINE = web.AppKey("engine", Engine)
 STORE = web.AppKey("store", ResultStore)
 CLIENT = web.AppKey("client", UpstreamClient)
 HANDLERS = web.AppKey("handlers", Handlers)
+ADAPTERS = web.AppKey("adapters", dict[str, Adapter])
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -152,12 +156,16 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     store: ResultStore = MemoryStore(
         settings.retention.seconds, settings.retention.max_bytes, metrics
     )
-    theeye = TheEyeAdapter(client, settings.upstream, settings.upstream.url)
+    theeye = TheEyeAdapter("theeye", client, settings.upstream)
     adapters: dict[str, Adapter] = {theeye.name: theeye}
+    for index, route in enumerate(settings.routes):
+        adapter = build_route_adapter(route, index, client, settings.upstream)
+        adapters[adapter.name] = adapter
     engine = Engine(adapters, store, settings, metrics)
     app[CLIENT] = client
     app[STORE] = store
     app[ENGINE] = engine
+    app[ADAPTERS] = adapters
     app[HANDLERS] = Handlers(settings, engine, store, theeye, metrics)
     try:
         yield
@@ -170,6 +178,24 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
 async def on_shutdown(app: web.Application) -> None:
     """SIGTERM: the listening socket is closed; waits get the drain period, then a 202."""
     app[ENGINE].begin_drain(app[SETTINGS].server.drain_seconds)
+
+
+def _configured_handler(name: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await request.app[HANDLERS].configured(request, request.app[ADAPTERS][name])
+
+    return handler
+
+
+async def configured_result(request: web.Request) -> web.StreamResponse:
+    return await request.app[HANDLERS].configured_result(request)
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    """The OpenAPI 3.1 document of the client-facing API."""
+    if not OPENAPI_PATH.exists():
+        raise NotFound("no OpenAPI document is bundled")
+    return web.FileResponse(OPENAPI_PATH, headers={"Content-Type": "application/json"})
 
 
 def _routes(app: web.Application) -> None:
@@ -189,7 +215,14 @@ def _routes(app: web.Application) -> None:
     for method in ("GET", "POST"):
         app.router.add_route(method, "/job/{job}/result", result)
         app.router.add_route(method, "/job/{job}/secret/{secret}/result", result)
+    for index, configured in enumerate(app[SETTINGS].routes):
+        app.router.add_route(
+            configured.method, configured.path, _configured_handler(route_name(configured, index))
+        )
+    for method in ("GET", "POST"):
+        app.router.add_route(method, "/jobs/{adapter}/{job}/result", configured_result)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
 

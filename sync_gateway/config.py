@@ -105,6 +105,7 @@ class RouteSettings:
     path: str
     adapter: AdapterName
     upstream: str
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +258,8 @@ def _routes(raw: Any) -> tuple[RouteSettings, ...]:
         if missing:
             raise ConfigError(f"{key}.{sorted(missing)[0]}: missing")
         route = _build(RouteSettings, f"{key}.", item, False)
+        if route.name and not route.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{key}.name: {route.name!r} must be letters, digits, - or _")
         if not route.path.startswith("/"):
             raise ConfigError(f"{key}.path: {route.path!r} must start with /")
         if route.method.upper() not in ("GET", "POST", "PUT"):

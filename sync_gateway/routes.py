@@ -15,7 +15,7 @@ from multidict import MultiDict, MultiMapping
 
 from sync_gateway import requests as rq
 from sync_gateway.config import Settings
-from sync_gateway.errors import Forbidden, PayloadTooLarge, ServiceUnavailable
+from sync_gateway.errors import Forbidden, NotFound, PayloadTooLarge, ServiceUnavailable
 from sync_gateway.metrics import Metrics
 from sync_gateway.render import (
     JSON_CONTENT_TYPE,
@@ -44,7 +44,7 @@ UNKNOWN = Snapshot(False, "in_progress", "")
 
 
 def query_string(items: Iterable[tuple[str, str]]) -> str:
-    """A query string in which valueless flags stay bare (``?parse&full``), as the seeds write them."""
+    """A query string whose valueless flags stay bare (``?parse&full``), as the seeds write."""
     return "&".join(
         quote(k, safe="") if v == "" else f"{quote(k, safe='')}={quote(v, safe='')}"
         for k, v in items
@@ -130,7 +130,7 @@ class Handlers:
         wait_result = rq.wants_wait_result(query, parsed)
         create = CreateRequest(params, query, body, request.content_type, creds, idem)
 
-        ref, last, created = await self._create_once(create)
+        ref, last, created, creds = await self._create_once(self.adapter, create)
         if wait_result:
             self.engine.watch(ref, creds, last)
             return self._see_other_from_create(ref, query, created)
@@ -142,17 +142,23 @@ class Handlers:
             return self._accepted(ref, watch.last, fmt, query, prefer)
         return await self._wait_and_answer(watch, fmt, budget.seconds, query, prefer)
 
-    async def _create_once(self, create: CreateRequest) -> tuple[JobRef, Snapshot, Created | None]:
-        """Create the job upstream, or attach to the job a same-key request created."""
+    async def _create_once(
+        self, adapter: Adapter, create: CreateRequest
+    ) -> tuple[JobRef, Snapshot, Created | None, Credentials]:
+        """Create the job upstream, or attach to the job a same-key request created.
+
+        Returns the job's ref, its last known state, the upstream's answer (None on an
+        idempotent replay) and the credentials the job is watched with."""
         key = None
         if create.idempotency_key is not None:
-            key = f"{create.idempotency_key}\x00{create.credentials.digest().hex()}"
+            digest = create.credentials.digest().hex()
+            key = f"{adapter.name}\x00{create.idempotency_key}\x00{digest}"
             earlier = await self.store.claim(key)
             if earlier is not None:
                 ref = await asyncio.shield(earlier)
                 log.info("idempotent_replay", job_id=ref.id)
-                return ref, await self._last_known(ref), None
-        task = asyncio.ensure_future(self.adapter.create(create))
+                return ref, await self._last_known(ref), None, create.credentials
+        task = asyncio.ensure_future(adapter.create(create))
         try:
             created = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -163,8 +169,9 @@ class Handlers:
             if key is not None:
                 self.store.settle(key, None)
             raise
-        await self._adopted(created, create.credentials, key)
-        return created.ref, created.snapshot, created
+        creds = created.credentials or create.credentials
+        await self._adopted(created, creds, key)
+        return created.ref, created.snapshot, created, creds
 
     def _adopt(self, task: asyncio.Future[Created], creds: Credentials, key: str | None) -> None:
         if task.cancelled() or task.exception() is not None:
@@ -172,6 +179,7 @@ class Handlers:
                 self.store.settle(key, None)
             return
         created = task.result()
+        creds = created.credentials or creds
         self.engine.spawn(self._adopted(created, creds, key))
         self.engine.watch(created.ref, creds, created.snapshot)
 
@@ -265,9 +273,60 @@ class Handlers:
 
     def _result_path(self, ref: JobRef) -> str:
         job = quote(ref.id, safe="")
+        if ref.adapter != self.adapter.name:
+            return f"/jobs/{quote(ref.adapter, safe='')}/{job}/result"
         if ref.job_secret:
             return f"/job/{job}/secret/{quote(ref.job_secret, safe='')}/result"
         return f"/job/{job}/result"
+
+    # ---- routes declared in the config (other upstream flavours) -------------------------
+
+    async def configured(self, request: web.Request, adapter: Adapter) -> web.StreamResponse:
+        """A [[routes]] entry: create through ``adapter`` and block for its answer."""
+        if self.engine.draining:
+            raise ServiceUnavailable("the gateway is shutting down; retry on another instance")
+        params = rq.path_ids(request.match_info)
+        query = request.query
+        fmt = self.parse_format(query)
+        budget = rq.budget(query, request.headers, self.settings.wait)
+        creds = rq.credentials(query, request.headers)
+        idem = rq.idempotency_key(request.headers)
+        body = await self.read_body(request)
+        rq.json_body(body)
+        create = CreateRequest(params, query, body, request.content_type, creds, idem)
+        ref, last, _, creds = await self._create_once(adapter, create)
+        watch = self.engine.watch(ref, creds, last)
+        if budget.respond_async:
+            return self._accepted(ref, watch.last, fmt, query, budget.applied)
+        return await self._wait_and_answer(watch, fmt, budget.seconds, query, budget.applied)
+
+    async def configured_result(self, request: web.Request) -> web.StreamResponse:
+        """GET/POST /jobs/{adapter}/{job}/result: re-attach to a job of a configured route."""
+        params = rq.path_ids(request.match_info)
+        query = request.query
+        fmt = self.parse_format(query)
+        loop = rq.loop_params(query)
+        creds = rq.credentials(query, request.headers)
+        if request.method == "POST":
+            await self.read_body(request)
+        key = f"{params['adapter']}:{params['job']}"
+        retained = await self.store.get(key)
+        if retained is not None:
+            await self.engine.authorize(retained.ref, retained.owner, creds)
+            return self._answer(retained.ref, retained.snapshot, fmt)
+        watch = self.engine.watching(key)
+        if watch is None:
+            known = await self.store.ref(key)
+            if known is None:
+                raise NotFound("the gateway does not know this job (or its result has expired)")
+            await self.engine.authorize(known[0], known[1], creds)
+            watch = self.engine.watch(known[0], creds, UNKNOWN)
+        else:
+            await self.engine.authorize(watch.ref, watch.owner, creds)
+        seconds = self.settings.wait.default_seconds if loop.timeout is None else loop.timeout
+        return await self._wait_and_answer(
+            watch, fmt, min(seconds, self.settings.wait.max_seconds), query
+        )
 
     # ---- re-attach -----------------------------------------------------------------------
 

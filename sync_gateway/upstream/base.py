@@ -116,6 +116,9 @@ class Created:
     status: int
     body: bytes
     content_type: str
+    # The credentials to watch the job with and to recognise its owner by, when the adapter
+    # finds them somewhere else than the query and Authorization (executeJob's body apiKey).
+    credentials: Credentials | None = None
 
 
 class Adapter(Protocol):

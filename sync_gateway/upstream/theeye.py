@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from multidict import MultiDict
 
-from sync_gateway.config import UpstreamSettings
+from sync_gateway.config import RouteSettings, UpstreamSettings
 from sync_gateway.errors import UpstreamBadResponse, UpstreamRejected
 from sync_gateway.upstream.base import (
     FINAL_LIFECYCLES,
@@ -61,12 +61,17 @@ def auth_params(credentials: Credentials) -> tuple[dict[str, str], dict[str, str
 class TheEyeAdapter:
     """Talks to a TheEye supervisor."""
 
-    name = "theeye"
-
-    def __init__(self, client: UpstreamClient, settings: UpstreamSettings, base_url: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        client: UpstreamClient,
+        settings: UpstreamSettings,
+        route: RouteSettings | None = None,
+    ) -> None:
+        self.name = name
         self.client = client
         self.settings = settings
-        self.base = base_url.rstrip("/")
+        self.base = (route.upstream if route is not None else settings.url).rstrip("/")
 
     def _create_url(self, params: Mapping[str, str]) -> str:
         path = f"/task/{_seg(params['task'])}"

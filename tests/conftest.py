@@ -1,0 +1,97 @@
+"""Shared fixtures: the supervisor emulator and the gateway on free loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from sync_gateway.app import create_app
+from sync_gateway.config import Settings, load
+from sync_gateway.emulator import EmulatorServer, EmulatorSettings
+
+CUSTOMER = "demo"
+TOKEN = "demo-token"
+OTHER_TOKEN = "other-token"
+REST_TASK = "64ac0b46c06feba9b89ad795"  # "Rest API Response": 100 → success, 200 → 418 failure
+API_TEST_TASK = "6538069b3a10575075d0ccb5"  # nested response object, 201 + TheEyeJobId
+API_TEST_FLAT_TASK = "6538069b3a10575075d0ccc1"  # flat response object
+HELLO_TASK = "65a000000000000000000001"
+SLOW_TASK = "65a000000000000000000002"  # sleeps N seconds (arg)
+LARGE_TASK = "65a000000000000000000003"
+CRASH_TASK = "65a000000000000000000004"
+TIMEOUT_TASK = "65a000000000000000000005"
+INSTANT_TASK = "65a000000000000000000006"
+DELAY_TASK = "65a000000000000000000007"  # finishes after N seconds (arg), no subprocess
+
+
+@dataclass
+class Gateway:
+    """A running gateway: its app, base URL and runner."""
+
+    app: web.Application
+    url: str
+    runner: web.AppRunner
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_gateway(settings: Settings) -> Gateway:
+    app = create_app(settings)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return Gateway(app, f"http://127.0.0.1:{port}", runner)
+
+
+def gateway_settings(upstream_url: str, **sections: dict[str, Any]) -> Settings:
+    overrides: dict[str, Any] = {"upstream": {"url": upstream_url}}
+    for name, values in sections.items():
+        overrides.setdefault(name, {}).update(values)
+    return load(None, {}, overrides)
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[EmulatorServer]:
+    server = EmulatorServer(EmulatorSettings(min_timeout=0.2))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def make_gateway() -> AsyncIterator[Callable[..., Any]]:
+    """Start gateways with settings overrides; all are stopped at the end of the test."""
+    started: list[Gateway] = []
+
+    async def make(upstream_url: str, **sections: dict[str, Any]) -> Gateway:
+        gw = await start_gateway(gateway_settings(upstream_url, **sections))
+        started.append(gw)
+        return gw
+
+    try:
+        yield make
+    finally:
+        for gw in started:
+            await gw.stop()
+
+
+@pytest.fixture
+async def gateway(emulator: EmulatorServer, make_gateway: Callable[..., Any]) -> Gateway:
+    gw: Gateway = await make_gateway(emulator.url)
+    return gw
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
