@@ -49,9 +49,20 @@ def _use_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _raise_open_files_limit() -> None:
+    """Every waiting client and every upstream long poll is a file descriptor."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _run_gateway(settings: Settings, sock: socket.socket | None = None) -> None:
     from sync_gateway.app import create_app
 
+    _raise_open_files_limit()
     server = settings.server
     log.info(
         "gateway_listening",

@@ -72,6 +72,9 @@ class TheEyeAdapter:
         self.client = client
         self.settings = settings
         self.base = (route.upstream if route is not None else settings.url).rstrip("/")
+        # Each upstream long poll holds a connection (a file descriptor) for up to a minute;
+        # past this many at once, further jobs are watched by interval polling instead.
+        self.long_polls = 0
 
     def _create_url(self, params: Mapping[str, str]) -> str:
         path = f"/task/{_seg(params['task'])}"
@@ -175,9 +178,15 @@ class TheEyeAdapter:
         return snapshot_from_document(resp.json(), len(resp.body))
 
     async def step(self, ref: JobRef, credentials: Credentials, timeout: float) -> Progress:
-        if self.settings.wait == "poll" and ref.customer and not ref.job_secret:
+        can_poll = bool(ref.customer) and not ref.job_secret
+        saturated = self.long_polls >= self.settings.max_long_polls
+        if can_poll and (self.settings.wait == "poll" or saturated):
             return Progress(await self._get_document(ref, credentials), long_polled=False)
-        return await self._long_poll(ref, credentials, timeout)
+        self.long_polls += 1
+        try:
+            return await self._long_poll(ref, credentials, timeout)
+        finally:
+            self.long_polls -= 1
 
     async def fetch(self, ref: JobRef, credentials: Credentials) -> Snapshot:
         if ref.customer and not ref.job_secret:
