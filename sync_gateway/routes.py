@@ -153,9 +153,13 @@ class Handlers:
         if create.idempotency_key is not None:
             digest = create.credentials.digest().hex()
             key = f"{adapter.name}\x00{create.idempotency_key}\x00{digest}"
-            earlier = await self.store.claim(key)
-            if earlier is not None:
-                ref = await asyncio.shield(earlier)
+            while (earlier := await self.store.claim(key)) is not None:
+                try:
+                    ref = await asyncio.shield(earlier)
+                except asyncio.CancelledError:
+                    if earlier.cancelled():  # the first create failed: claim the key anew
+                        continue
+                    raise
                 log.info("idempotent_replay", job_id=ref.id)
                 return ref, await self._last_known(ref), None, create.credentials
         task = asyncio.ensure_future(adapter.create(create))

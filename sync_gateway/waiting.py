@@ -14,7 +14,7 @@ import hmac
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -28,6 +28,43 @@ log = structlog.get_logger("sync_gateway.waiting")
 
 # Errors after which watching again cannot help: the waiters get them as they are.
 TERMINAL_ERRORS = (UpstreamRejected, ResultTooLarge)
+
+
+class Coordinator(Protocol):
+    """Single flight across replicas: who follows a job upstream, and news of its end."""
+
+    async def acquire(self, key: str) -> bool:
+        """True when this replica may follow the job (it holds the lease until release)."""
+        ...
+
+    async def release(self, key: str) -> None:
+        """Give the lease up (the job finished here, or this watch ended)."""
+        ...
+
+    async def publish(self, key: str) -> None:
+        """Tell the other replicas that the job's result is in the shared store."""
+        ...
+
+    async def wait_elsewhere(self, key: str, timeout: float) -> bool:
+        """Wait while another replica follows the job: True when its result was published,
+        False when the lease lapsed (or ``timeout`` passed) and this replica should try."""
+        ...
+
+
+class LocalCoordinator:
+    """One process: every job is followed here."""
+
+    async def acquire(self, key: str) -> bool:
+        return True
+
+    async def release(self, key: str) -> None:
+        return None
+
+    async def publish(self, key: str) -> None:
+        return None
+
+    async def wait_elsewhere(self, key: str, timeout: float) -> bool:
+        return False
 
 
 @dataclass(eq=False, slots=True)
@@ -53,8 +90,10 @@ class Engine:
         store: ResultStore,
         settings: Settings,
         metrics: Metrics,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self.adapters = adapters
+        self.coordinator: Coordinator = coordinator or LocalCoordinator()
         self.store = store
         self.settings = settings
         self.metrics = metrics
@@ -82,61 +121,86 @@ class Engine:
         return w
 
     async def _run(self, w: Watch) -> None:
-        adapter = self.adapters[w.ref.adapter]
-        up = self.settings.upstream
         deadline = self._loop.time() + self.settings.wait.watch_seconds
-        delay = min(0.05, up.poll_interval)
-        failures = 0
-        result: Snapshot | None = None
         try:
-            while self._loop.time() < deadline:
-                remaining = deadline - self._loop.time()
-                try:
-                    progress = await adapter.step(
-                        w.ref, w.credentials, min(up.long_poll_timeout, remaining)
-                    )
-                except TERMINAL_ERRORS as exc:
-                    log.info("watch_failed", job_id=w.ref.id, error=exc.code)
-                    w.future.set_exception(exc)
-                    return
-                except GatewayError as exc:
-                    failures += 1
-                    pause = min(up.poll_max_interval, 0.1 * 2**failures)
-                    log.warning("watch_step_failed", job_id=w.ref.id, error=exc.code, pause=pause)
-                    await asyncio.sleep(pause)
-                    continue
-                failures = 0
-                snap = progress.snapshot
-                if snap is not None:
-                    w.last = snap
-                    if snap.finished:
-                        result = snap
-                        break
-                if not progress.long_polled:
-                    pause = max(delay, progress.retry_after or 0.0)
-                    await asyncio.sleep(min(pause, max(deadline - self._loop.time(), 0.0)))
-                    delay = min(delay * 1.5, up.poll_interval)
-            if result is not None:
-                await self._finish(w, result)
-            else:
+            result = await self._coordinated(w, deadline)
+            if result is None:
                 log.info("watch_expired", job_id=w.ref.id)
             if not w.future.done():
                 w.future.set_result(result)
+        except TERMINAL_ERRORS as exc:
+            log.info("watch_failed", job_id=w.ref.id, error=exc.code)
+            if not w.future.done():
+                w.future.set_exception(exc)
         except asyncio.CancelledError:
             if not w.future.done():
                 w.future.set_result(None)
             raise
-        except Exception as exc:  # a bug must not leave waiters hanging
+        except Exception:  # a bug must not leave waiters hanging
             log.exception("watch_crashed", job_id=w.ref.id)
             if not w.future.done():
                 w.future.set_exception(GatewayError("the gateway failed while watching the job"))
-            del exc
         finally:
             self._watches.pop(w.ref.key, None)
             self.metrics.active_watchers.dec()
             # A watch future nobody awaited must not warn at garbage collection.
             if w.future.done() and not w.future.cancelled():
                 w.future.exception()
+
+    async def _coordinated(self, w: Watch, deadline: float) -> Snapshot | None:
+        """Follow the job here, unless another replica already does: then wait for its
+        outcome in the shared store, and take over when its lease lapses."""
+        coordinator = self.coordinator
+        key = w.ref.key
+        while self._loop.time() < deadline:
+            if await coordinator.acquire(key):
+                try:
+                    result = await self._follow(w, deadline)
+                    if result is not None:
+                        await self._finish(w, result)
+                        await coordinator.publish(key)
+                    return result
+                finally:
+                    await coordinator.release(key)
+            remaining = deadline - self._loop.time()
+            if await coordinator.wait_elsewhere(key, remaining):
+                retained = await self.store.get(key)
+                if retained is not None:
+                    w.last = retained.snapshot
+                    return retained.snapshot
+        return None
+
+    async def _follow(self, w: Watch, deadline: float) -> Snapshot | None:
+        """Step the adapter until the job finishes (its snapshot) or the deadline (None)."""
+        adapter = self.adapters[w.ref.adapter]
+        up = self.settings.upstream
+        delay = min(0.05, up.poll_interval)
+        failures = 0
+        while self._loop.time() < deadline:
+            remaining = deadline - self._loop.time()
+            try:
+                progress = await adapter.step(
+                    w.ref, w.credentials, min(up.long_poll_timeout, remaining)
+                )
+            except TERMINAL_ERRORS:
+                raise
+            except GatewayError as exc:
+                failures += 1
+                pause = min(up.poll_max_interval, 0.1 * 2**failures)
+                log.warning("watch_step_failed", job_id=w.ref.id, error=exc.code, pause=pause)
+                await asyncio.sleep(pause)
+                continue
+            failures = 0
+            snap = progress.snapshot
+            if snap is not None:
+                w.last = snap
+                if snap.finished:
+                    return snap
+            if not progress.long_polled:
+                pause = max(delay, progress.retry_after or 0.0)
+                await asyncio.sleep(min(pause, max(deadline - self._loop.time(), 0.0)))
+                delay = min(delay * 1.5, up.poll_interval)
+        return None
 
     async def _finish(self, w: Watch, snap: Snapshot) -> None:
         self.metrics.jobs_finished.labels(state=snap.state or "unknown").inc()
