@@ -102,8 +102,15 @@ class UpstreamRejected(UpstreamError):
 
     code = "upstream_rejected"
 
-    def __init__(self, status: int, body: bytes, content_type: str | None) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str | None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(f"the upstream answered {status}")
         self.status = status
         self.body = body
         self.content_type = content_type
+        self.headers = headers

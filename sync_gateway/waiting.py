@@ -130,6 +130,7 @@ class Engine:
                 w.future.set_result(result)
         except TERMINAL_ERRORS as exc:
             log.info("watch_failed", job_id=w.ref.id, error=exc.code)
+            exc.extra.setdefault("job_id", w.ref.id)
             if not w.future.done():
                 w.future.set_exception(exc)
         except asyncio.CancelledError:

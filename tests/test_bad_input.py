@@ -428,10 +428,6 @@ async def test_plain_object_status_code_counts_only_when_numeric_100_to_599(
     assert json.loads(body) == line
 
 
-@pytest.mark.xfail(
-    reason="bug: the 405 JSON answer drops the Allow header that RFC 9110 requires",
-    strict=True,
-)
 async def test_wrong_method_answer_lists_the_allowed_methods(
     client: TestClient[Any, Any], upstream: aioresponses
 ) -> None:

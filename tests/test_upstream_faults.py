@@ -104,11 +104,6 @@ async def test_upstream_rejection_of_the_create_is_passed_through(
     assert (await stats(http, emulator))["create"] == 1  # a create is not retried
 
 
-@pytest.mark.xfail(
-    reason="bug: a 429 on the create becomes 502 upstream_unavailable (Retry-After lost) "
-    "instead of the 4xx pass-through of SPEC 2.5",
-    strict=True,
-)
 async def test_upstream_429_on_create_is_passed_through_with_retry_after(
     emulator: EmulatorServer, make_gateway: Callable[..., Any], http: aiohttp.ClientSession
 ) -> None:
@@ -211,11 +206,6 @@ async def test_result_over_max_result_bytes_answers_502(
     assert payload["error"] == "result_too_large"
 
 
-@pytest.mark.xfail(
-    reason="bug: the result_too_large answer names no job id (no X-Job-Id, nothing in the "
-    "body), SPEC 2.5 says 'job id given'",
-    strict=True,
-)
 async def test_result_over_max_result_bytes_gives_the_job_id(
     emulator: EmulatorServer, make_gateway: Callable[..., Any], http: aiohttp.ClientSession
 ) -> None:

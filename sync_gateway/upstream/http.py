@@ -101,7 +101,7 @@ class _WaitHonouringRetryAfter:
 
     def __init__(self, settings: UpstreamSettings) -> None:
         self._backoff = wait_exponential_jitter(
-            initial=0.1, max=settings.poll_max_interval, jitter=0.1
+            multiplier=0.1, min=0.1, max=settings.poll_max_interval, jitter=0.1
         )
 
     def __call__(self, state: RetryCallState) -> float:
@@ -156,9 +156,13 @@ class UpstreamClient:
             reraise=True,
             before_sleep=lambda state: self._count_retry(kind, state),
         )
-        async for attempt in retrying:
-            with attempt:
-                return await self._once(kind, method, url, params, headers, data, timeout)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._once(kind, method, url, params, headers, data, timeout)
+        except RetryableStatus as exc:
+            # Not retried (any more): the adapter decides what a 429 or 5xx answer means.
+            return exc.response
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _count_retry(self, kind: str, state: RetryCallState) -> None:

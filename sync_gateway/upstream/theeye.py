@@ -16,7 +16,7 @@ from urllib.parse import quote
 from multidict import MultiDict
 
 from sync_gateway.config import RouteSettings, UpstreamSettings
-from sync_gateway.errors import UpstreamBadResponse, UpstreamRejected
+from sync_gateway.errors import UpstreamBadResponse, UpstreamRejected, UpstreamUnavailable
 from sync_gateway.upstream.base import (
     FINAL_LIFECYCLES,
     FINAL_STATES,
@@ -33,6 +33,7 @@ from sync_gateway.upstream.http import Response, UpstreamClient
 GATEWAY_PARAMS = frozenset(
     {"output", "parse", "result", "full", "timeout", "limit", "counter", "wait_result"}
 )
+PASSED_HEADERS = frozenset({"retry-after", "www-authenticate"})
 SUPERVISOR_MIN_TIMEOUT = 10.0
 SUPERVISOR_MAX_TIMEOUT = 60.0
 
@@ -49,6 +50,12 @@ def snapshot_from_document(doc: Any, size: int) -> Snapshot:
     lifecycle = str(doc.get("lifecycle") or "")
     finished = lifecycle in FINAL_LIFECYCLES or (not lifecycle and state in FINAL_STATES)
     return Snapshot(finished, state, lifecycle, doc, size=size)
+
+
+def rejected(resp: Response) -> UpstreamRejected:
+    """A 4xx answer to pass through, with the headers a client needs from it."""
+    keep = tuple((k, v) for k, v in resp.headers.items() if k.lower() in PASSED_HEADERS)
+    return UpstreamRejected(resp.status, resp.body, resp.headers.get("Content-Type"), keep)
 
 
 def auth_params(credentials: Credentials) -> tuple[dict[str, str], dict[str, str]]:
@@ -103,7 +110,11 @@ class TheEyeAdapter:
             idempotent=False,
         )
         if 400 <= resp.status < 500:
-            raise UpstreamRejected(resp.status, resp.body, resp.headers.get("Content-Type"))
+            raise rejected(resp)
+        if resp.status >= 500:
+            raise UpstreamUnavailable(
+                "the upstream failed to create the job", upstream_status=resp.status
+            )
         if resp.status not in (200, 201, 303):
             raise UpstreamBadResponse(
                 "the upstream answered the create with an unexpected status",
@@ -133,7 +144,7 @@ class TheEyeAdapter:
             # `full` answers the document with 200 (success) or 500 (any other final state).
             return snapshot_from_document(resp.json(), len(resp.body))
         if 400 <= resp.status < 500:
-            raise UpstreamRejected(resp.status, resp.body, resp.headers.get("Content-Type"))
+            raise rejected(resp)
         raise UpstreamBadResponse(
             "the upstream answered the result request with an unexpected status",
             upstream_status=resp.status,
@@ -169,7 +180,7 @@ class TheEyeAdapter:
             headers=headers,
         )
         if 400 <= resp.status < 500:
-            raise UpstreamRejected(resp.status, resp.body, resp.headers.get("Content-Type"))
+            raise rejected(resp)
         if resp.status != 200:
             raise UpstreamBadResponse(
                 "the upstream answered the job request with an unexpected status",
