@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import hmac
 import time
 from collections.abc import Iterable
@@ -40,6 +41,7 @@ from sync_gateway.waiting import Engine, Watch
 log = structlog.get_logger("sync_gateway.routes")
 
 RETRY_AFTER_SECONDS = 1
+CREDENTIAL_PARAMS = frozenset({"access_token", "apiKey"})
 UNKNOWN = Snapshot(False, "in_progress", "")
 
 
@@ -49,6 +51,24 @@ def query_string(items: Iterable[tuple[str, str]]) -> str:
         quote(k, safe="") if v == "" else f"{quote(k, safe='')}={quote(v, safe='')}"
         for k, v in items
     )
+
+
+def idempotency_claim(adapter: str, create: CreateRequest) -> str:
+    """The store key of an ``Idempotency-Key``: the key, the caller, and what was asked.
+
+    A key reused for another request (another task, other arguments) is another job,
+    never the first request's answer."""
+    h = hashlib.sha256()
+    for part in (
+        adapter,
+        create.idempotency_key or "",
+        create.credentials.digest().hex(),
+        repr(sorted(create.params.items())),
+        repr(sorted((k, v) for k, v in create.query.items() if k not in CREDENTIAL_PARAMS)),
+    ):
+        h.update(part.encode("utf-8", "replace") + b"\x00")
+    h.update(create.body)
+    return h.hexdigest()
 
 
 def json_response(
@@ -131,6 +151,7 @@ class Handlers:
         create = CreateRequest(params, query, body, request.content_type, creds, idem)
 
         ref, last, created, creds = await self._create_once(self.adapter, create)
+        structlog.contextvars.bind_contextvars(job_id=ref.id)
         if wait_result:
             self.engine.watch(ref, creds, last)
             return self._see_other_from_create(ref, query, created)
@@ -151,8 +172,7 @@ class Handlers:
         idempotent replay) and the credentials the job is watched with."""
         key = None
         if create.idempotency_key is not None:
-            digest = create.credentials.digest().hex()
-            key = f"{adapter.name}\x00{create.idempotency_key}\x00{digest}"
+            key = idempotency_claim(adapter.name, create)
             while (earlier := await self.store.claim(key)) is not None:
                 try:
                     ref = await asyncio.shield(earlier)
@@ -185,7 +205,9 @@ class Handlers:
         created = task.result()
         creds = created.credentials or creds
         self.engine.spawn(self._adopted(created, creds, key))
-        self.engine.watch(created.ref, creds, created.snapshot)
+        watch = self.engine.watch(created.ref, creds, created.snapshot)
+        if self.settings.cancel_on_disconnect:
+            self.engine.spawn(self.engine.cancel_unless_waited(watch))
 
     async def _adopted(self, created: Created, creds: Credentials, key: str | None) -> None:
         await self.store.remember_ref(created.ref, creds.digest())
@@ -299,6 +321,7 @@ class Handlers:
         rq.json_body(body)
         create = CreateRequest(params, query, body, request.content_type, creds, idem)
         ref, last, _, creds = await self._create_once(adapter, create)
+        structlog.contextvars.bind_contextvars(job_id=ref.id)
         watch = self.engine.watch(ref, creds, last)
         if budget.respond_async:
             return self._accepted(ref, watch.last, fmt, query, budget.applied)
@@ -314,6 +337,7 @@ class Handlers:
         if request.method == "POST":
             await self.read_body(request)
         key = f"{params['adapter']}:{params['job']}"
+        structlog.contextvars.bind_contextvars(job_id=params["job"])
         retained = await self.store.get(key)
         if retained is not None:
             await self.engine.authorize(retained.ref, retained.owner, creds)
@@ -347,6 +371,7 @@ class Handlers:
         if request.method == "POST":
             await self.read_body(request)  # bounded; a re-sent POST body is ignored
         ref = self.adapter.ref_for(params["job"], {"customer": query.get("customer", "")})
+        structlog.contextvars.bind_contextvars(job_id=ref.id)
         retained = await self.store.get(ref.key)
         if retained is not None:
             await self._authorize(retained.ref, retained.owner, creds, job_secret)

@@ -245,6 +245,12 @@ class Engine:
         if self.settings.cancel_on_disconnect and w.waiters <= 1 and not w.future.done():
             self.spawn(self._cancel(w))
 
+    async def cancel_unless_waited(self, w: Watch) -> None:
+        """After a hang-up during the create: cancel unless somebody waits on the job."""
+        await asyncio.sleep(0)  # let a concurrent same-key request attach first
+        if w.waiters == 0 and not w.future.done():
+            await self._cancel(w)
+
     async def _cancel(self, w: Watch) -> None:
         try:
             await self.adapters[w.ref.adapter].cancel(w.ref, w.credentials)

@@ -462,11 +462,6 @@ async def test_client_hang_up_during_the_create_keeps_the_job_and_result_is_retr
     await assert_one_create(http, emulator)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: routes.Handlers._adopt never cancels a job whose client hung up during the "
-    "create, even with cancel_on_disconnect = true",
-)
 async def test_cancel_on_disconnect_also_cancels_when_the_client_hangs_up_during_the_create(
     emulator: EmulatorServer, http: aiohttp.ClientSession
 ) -> None:
@@ -585,11 +580,6 @@ async def test_idempotency_key_second_caller_gets_an_answer_when_the_first_creat
         assert isinstance(second_body["error"], str)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: routes.Handlers._create_once keys idempotency on (adapter, key, credentials) "
-    "only, so the same key on another task answers the first task's job",
-)
 async def test_idempotency_key_reused_on_another_task_never_answers_the_first_tasks_job(
     gateway: Gateway, emulator: EmulatorServer, http: aiohttp.ClientSession
 ) -> None:

@@ -26,9 +26,16 @@ class Credentials:
     extra: tuple[tuple[str, str], ...] = ()
 
     def digest(self) -> bytes:
-        """A digest to compare callers by without keeping their credentials."""
+        """A digest to compare callers by without keeping their credentials.
+
+        A token sent as ``?access_token=T`` and as ``Authorization: Bearer T`` is one caller."""
+        token, authorization = self.access_token, self.authorization
+        if authorization and authorization[:7].lower() == "bearer ":
+            bearer = authorization[7:].strip()
+            if token is None or token == bearer:
+                token, authorization = bearer, None
         h = hashlib.sha256()
-        for part in (self.access_token, self.authorization, self.secret, *self._extra_parts()):
+        for part in (token, authorization, self.secret, *self._extra_parts()):
             h.update(b"\x00" if part is None else b"\x01" + part.encode("utf-8", "replace"))
             h.update(b"\x1f")
         return h.digest()
