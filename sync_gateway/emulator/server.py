@@ -43,7 +43,7 @@ class EmulatorServer:
             app, access_log=None, shutdown_timeout=0.1, handler_cancellation=True
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self.port, backlog=4096)
         try:
             await site.start()
         except BaseException:

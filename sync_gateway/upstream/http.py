@@ -8,6 +8,7 @@ request provably never left (a connect error).
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 from collections.abc import Mapping
@@ -78,6 +79,12 @@ class RetryableStatus(UpstreamUnavailable):
         self.response = response
 
 
+def _give_up(exc: UpstreamUnavailable) -> Response:
+    if isinstance(exc, RetryableStatus):
+        return exc.response
+    raise exc
+
+
 class ConnectFailed(UpstreamUnavailable):
     """The request never reached the upstream: always safe to retry."""
 
@@ -146,9 +153,24 @@ class UpstreamClient:
                 return True
             return idempotent and isinstance(exc, RetryableStatus | UpstreamUnavailable)
 
-        stop: stop_base = stop_after_attempt(self.settings.retry_attempts)
+        # Fast path: most requests succeed at once; the retry machinery is built only when
+        # the first attempt failed in a way the policy retries.
+        try:
+            return await self._once(kind, method, url, params, headers, data, timeout)
+        except UpstreamUnavailable as exc:
+            if not retryable(exc):
+                if isinstance(exc, RetryableStatus):
+                    return exc.response
+                raise
+            first = exc
+        pause = self._first_pause(first)
+        if budget is not None and pause > budget:
+            return _give_up(first)
+        self._log_retry(kind, 1, first)
+        await asyncio.sleep(pause)
+        stop: stop_base = stop_after_attempt(max(self.settings.retry_attempts - 1, 1))
         if budget is not None:
-            stop = stop | stop_before_delay(max(budget, 0.0))
+            stop = stop | stop_before_delay(max(budget - pause, 0.0))
         retrying = AsyncRetrying(
             stop=stop,
             wait=self._wait,
@@ -161,14 +183,23 @@ class UpstreamClient:
                 with attempt:
                     return await self._once(kind, method, url, params, headers, data, timeout)
         except RetryableStatus as exc:
-            # Not retried (any more): the adapter decides what a 429 or 5xx answer means.
+            # Not retried any more: the adapter decides what a 429 or 5xx answer means.
             return exc.response
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _count_retry(self, kind: str, state: RetryCallState) -> None:
+    def _first_pause(self, exc: UpstreamUnavailable) -> float:
+        pause = 0.1
+        if isinstance(exc, RetryableStatus) and exc.response.retry_after is not None:
+            pause = max(pause, exc.response.retry_after)
+        return pause
+
+    def _log_retry(self, kind: str, attempt: int, exc: BaseException | None) -> None:
         self.metrics.upstream_retries.labels(kind=kind).inc()
+        log.info("upstream_retry", kind=kind, attempt=attempt, reason=str(exc))
+
+    def _count_retry(self, kind: str, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.info("upstream_retry", kind=kind, attempt=state.attempt_number, reason=str(exc))
+        self._log_retry(kind, state.attempt_number + 1, exc)
 
     async def _once(
         self,
