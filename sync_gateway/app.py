@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from sync_gateway.config import Settings
 from sync_gateway.errors import (
@@ -30,6 +32,9 @@ from sync_gateway.upstream.http import UpstreamClient
 from sync_gateway.upstream.theeye import TheEyeAdapter
 from sync_gateway.waiting import Engine
 
+if TYPE_CHECKING:
+    from sync_gateway.redis_backend import RedisBackend
+
 log = structlog.get_logger("sync_gateway.app")
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -39,6 +44,7 @@ STORE = web.AppKey("store", ResultStore)
 CLIENT = web.AppKey("client", UpstreamClient)
 HANDLERS = web.AppKey("handlers", Handlers)
 ADAPTERS = web.AppKey("adapters", dict[str, Adapter])
+REDIS: web.AppKey[RedisBackend] = web.AppKey("redis")  # only with [store] backend = "redis"
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -52,9 +58,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except UpstreamRejected as exc:
         resp = web.Response(status=exc.status, body=exc.body)
         resp.headers["Content-Type"] = exc.content_type or "application/octet-stream"
+        for name, value in exc.headers:
+            resp.headers[name] = value
+        if "job_id" in exc.extra:
+            resp.headers["X-Job-Id"] = str(exc.extra["job_id"])
         return resp
     except GatewayError as exc:
-        return json_response(exc.status, exc.payload())
+        resp = json_response(exc.status, exc.payload())
+        if "job_id" in exc.extra:
+            resp.headers["X-Job-Id"] = str(exc.extra["job_id"])
+        return resp
     except web.HTTPRequestEntityTooLarge:
         return json_response(413, PayloadTooLarge("the request body is too large").payload())
     except web.HTTPException as exc:
@@ -62,7 +75,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return json_response(404, NotFound("no such route").payload())
         if exc.status == 405:
             err = BadRequest("this method is not allowed on this route")
-            return json_response(405, {**err.payload(), "error": "method_not_allowed"})
+            allow = [("Allow", exc.headers["Allow"])] if "Allow" in exc.headers else []
+            return json_response(405, {**err.payload(), "error": "method_not_allowed"}, allow)
         if exc.status < 400:
             raise
         return json_response(exc.status, {"error": "http_error", "message": exc.reason})
@@ -75,60 +89,88 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, structured access log, request metrics."""
-    request_id = request.headers.get("X-Request-Id", "")[:128] or uuid.uuid4().hex
-    if not request_id.isprintable():
+    """Request id, one structured log line per request, request metrics."""
+    request_id = request.headers.get("X-Request-Id", "")[:128]
+    if not (request_id.isascii() and request_id.isprintable()) or not request_id:
         request_id = uuid.uuid4().hex
+    resource = request.match_info.route.resource
+    # The route's pattern, never the path: a bounded label set with no ids or secrets in it.
+    route_name = resource.canonical if resource is not None else "unmatched"
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    structlog.contextvars.bind_contextvars(request_id=request_id, route=route_name)
     started = time.monotonic()
-    route = request.match_info.route.resource
-    route_name = route.canonical if route is not None else "unmatched"
     status = 500
+    job_id: str | None = None
     try:
         resp = await handler(request)
         status = resp.status
+        job_id = resp.headers.get("X-Job-Id")
         resp.headers["X-Request-Id"] = request_id
         return resp
+    except web.HTTPException as exc:  # a redirect, let through by the error middleware
+        status = exc.status
+        exc.headers["X-Request-Id"] = request_id
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client hung up (nginx's convention); the job itself goes on
+        raise
     finally:
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         request.app[METRICS].requests.labels(route=route_name, status=str(status)).inc()
+        # Handlers bind job_id as soon as they know it; X-Job-Id covers the rest.
+        extra = {"job_id": job_id} if job_id else {}
         log.info(
             "request",
             method=request.method,
-            route=route_name,
             path=request.path,
             status=status,
             duration_ms=duration_ms,
+            **extra,
         )
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers. Stays 200 while draining."""
     return json_response(200, {"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    if engine.draining:
-        return json_response(503, ServiceUnavailable("the gateway is draining").payload())
+    """Readiness: not draining, and the upstream answers (any status below 500) in time."""
+    if request.app[ENGINE].draining:
+        err = ServiceUnavailable("the gateway is draining: it takes no new work", reason="draining")
+        return json_response(503, err.payload())
     settings = request.app[SETTINGS]
-    client = request.app[CLIENT]
+    metrics = request.app[METRICS]
+    seconds = min(2.0, settings.upstream.connect_timeout)
     try:
-        async with client.session.get(
+        async with request.app[CLIENT].session.get(
             settings.upstream.url,
-            timeout=aiohttp.ClientTimeout(total=min(2.0, settings.upstream.connect_timeout)),
+            timeout=aiohttp.ClientTimeout(total=seconds),
             allow_redirects=False,
         ) as resp:
-            await resp.read()
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        err = ServiceUnavailable("the upstream is not reachable")
+            status = resp.status
+    except TimeoutError:
+        metrics.upstream_requests.labels(kind="readiness", status="timeout").inc()
+        err = ServiceUnavailable(
+            f"the upstream did not answer within {seconds:g} s", reason="upstream_timeout"
+        )
         return json_response(503, err.payload())
-    return json_response(200, {"status": "ready", "upstream_status": resp.status})
+    except (aiohttp.ClientError, OSError):
+        metrics.upstream_requests.labels(kind="readiness", status="connect_error").inc()
+        err = ServiceUnavailable("the upstream is not reachable", reason="upstream_unreachable")
+        return json_response(503, err.payload())
+    metrics.upstream_requests.labels(kind="readiness", status=str(status)).inc()
+    if status >= 500:
+        err = ServiceUnavailable(
+            f"the upstream answered {status}", reason="upstream_error", upstream_status=status
+        )
+        return json_response(503, err.payload())
+    return json_response(200, {"status": "ready", "upstream_status": status})
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
-    resp = web.Response(body=body)
+    """Prometheus text format (every worker's values with ``--workers`` > 1)."""
+    resp = web.Response(body=request.app[METRICS].exposition())
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp
 
@@ -153,15 +195,24 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         ),
     )
     client = UpstreamClient(session, settings.upstream, metrics)
-    store: ResultStore = MemoryStore(
-        settings.retention.seconds, settings.retention.max_bytes, metrics
+    backend: RedisBackend | None = None
+    if settings.store.backend == "redis":
+        from sync_gateway.redis_backend import RedisBackend  # redis stays an optional extra
+
+        backend = await RedisBackend.create(settings, metrics)
+        app[REDIS] = backend
+    store: ResultStore = (
+        backend.store
+        if backend is not None
+        else MemoryStore(settings.retention.seconds, settings.retention.max_bytes, metrics)
     )
     theeye = TheEyeAdapter("theeye", client, settings.upstream)
     adapters: dict[str, Adapter] = {theeye.name: theeye}
     for index, route in enumerate(settings.routes):
         adapter = build_route_adapter(route, index, client, settings.upstream)
         adapters[adapter.name] = adapter
-    engine = Engine(adapters, store, settings, metrics)
+    coordinator = backend.coordinator if backend is not None else None
+    engine = Engine(adapters, store, settings, metrics, coordinator=coordinator)
     app[CLIENT] = client
     app[STORE] = store
     app[ENGINE] = engine
@@ -171,7 +222,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await engine.close()
-        await store.close()
+        await (backend.close() if backend is not None else store.close())
         await session.close()
 
 

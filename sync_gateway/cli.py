@@ -101,18 +101,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_workers(settings: Settings) -> int:
-    """N processes on one port (SO_REUSEPORT); SIGTERM/SIGINT are passed on to all."""
-    import multiprocessing
+    """N processes on one port (SO_REUSEPORT); SIGTERM/SIGINT are passed on to all.
 
+    Metrics: each worker keeps its values in files under ``PROMETHEUS_MULTIPROC_DIR`` and a
+    scrape of any worker adds them all up. Unless the user chose that directory, a fresh one is
+    made here (it must start empty), handed down to the workers and removed at the end."""
+    import multiprocessing
+    import shutil
+    import tempfile
+
+    from prometheus_client import multiprocess
+
+    from sync_gateway.metrics import MULTIPROC_ENV
+
+    made: str | None = None
+    if not os.environ.get(MULTIPROC_ENV):
+        made = tempfile.mkdtemp(prefix="sync-gateway-metrics-")
+        os.environ[MULTIPROC_ENV] = made  # inherited by the spawned workers
+    metrics_dir = os.environ[MULTIPROC_ENV]
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(target=_worker, args=(settings,), name=f"sync-gateway-{i}")
         for i in range(settings.server.workers)
     ]
-    for proc in procs:
-        proc.start()
+
+    stopping: list[int] = []
 
     def forward(signum: int, _: Any) -> None:
+        stopping.append(signum)
         for proc in procs:
             if proc.pid is not None and proc.is_alive():
                 os.kill(proc.pid, signal.SIGTERM)
@@ -120,10 +136,23 @@ def _serve_workers(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     codes = []
-    for proc in procs:
-        proc.join()
-        codes.append(proc.exitcode or 0)
-    return max(codes)
+    try:
+        started = []
+        for proc in procs:
+            if stopping:  # a signal during start-up: start no more workers
+                break
+            proc.start()
+            started.append(proc)
+        for proc in started:
+            proc.join()
+            codes.append(proc.exitcode or 0)
+            if proc.pid is not None:  # its live gauges stop counting
+                multiprocess.mark_process_dead(proc.pid, metrics_dir)  # type: ignore[no-untyped-call]
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)
+    return max(codes, default=0)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

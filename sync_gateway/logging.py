@@ -1,8 +1,10 @@
 """structlog set-up: JSON lines (or a console renderer on a TTY), and ONE redaction processor.
 
 Every credential carrier the gateway knows (``access_token`` in a query, ``Authorization``,
-``Cookie``, ``apiKey``, a ``/secret/<value>/`` path segment, ``Bearer``/``Basic`` values) is
-masked by :func:`redact` before any renderer sees the event, whatever key it sits under.
+``Cookie``, ``apiKey``, a ``/secret/<value>/`` path segment, ``Bearer``/``Basic`` values, a
+password in a URL) is masked by :func:`redact` before any renderer sees the event, whatever key
+it sits under. Records of the standard library's loggers (aiohttp, asyncio) go through the same
+processors, so they are JSON lines too and redacted the same way.
 """
 
 from __future__ import annotations
@@ -13,33 +15,54 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 MASK = "***"
-SECRET_KEYS = frozenset(
-    {
-        "access_token",
-        "authorization",
-        "cookie",
-        "set-cookie",
-        "secret",
-        "job_secret",
-        "apikey",
-        "api_key",
-        "password",
-        "token",
-        "credentials",
-    }
+# A key naming any of these (case-insensitive, anywhere in the key) holds a credential.
+SECRET_KEY_PARTS = (
+    "access_token",
+    "access-token",
+    "authorization",
+    "cookie",
+    "secret",
+    "apikey",
+    "api_key",
+    "api-key",
+    "password",
+    "passwd",
+    "token",
+    "credential",
 )
+_NAMES = r"access_token|apikey|api_key|api-key|token|secret|password|authorization|cookie"
 _PATTERNS = (
-    (re.compile(r"(?i)(access_token|apikey|api_key|token|secret)=([^&\s\"']+)"), r"\1=" + MASK),
-    (re.compile(r"(?i)(/secret/)([^/?\s\"']+)"), r"\1" + MASK),
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + MASK),
+    # a query string or form: access_token=…, apiKey=…
+    (re.compile(rf"(?i)({_NAMES})=([^&\s\"';,]+)"), r"\1=" + MASK),
+    # JSON or a Python repr: "apiKey": "…", 'access_token': '…'
     (
-        re.compile(r"(?i)(\"?(?:apiKey|access_token|password)\"?\s*:\s*\")([^\"]*)(\")"),
+        re.compile(rf"(?i)([\"'][\w-]*(?:{_NAMES})[\w-]*[\"']\s*:\s*[\"'])([^\"']*)([\"'])"),
         r"\1" + MASK + r"\3",
     ),
+    # a header line: Authorization: …, Cookie: …
+    (
+        re.compile(
+            r"(?im)\b(proxy-authorization|authorization|set-cookie|cookie)(\s*:\s*)[^\r\n]+"
+        ),
+        r"\1\2" + MASK,
+    ),
+    # a task's or a job's secret in a path
+    (re.compile(r"(?i)(/secret/)([^/?#\s\"']+)"), r"\1" + MASK),
+    # a password in a URL: scheme://user:password@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)([^@/\s]+)(@)"), r"\1" + MASK + r"\3"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + MASK),
 )
+_PLAIN = (int, float, bool, type(None))
+
+
+def is_secret_key(key: object) -> bool:
+    """True when a key's name says its value is a credential."""
+    name = str(key).lower()
+    return any(part in name for part in SECRET_KEY_PARTS)
 
 
 def scrub(text: str) -> str:
@@ -50,58 +73,90 @@ def scrub(text: str) -> str:
 
 
 def _clean(value: Any, depth: int = 0) -> Any:
-    if depth > 6:
+    if isinstance(value, _PLAIN):
         return value
     if isinstance(value, str):
         return scrub(value)
+    if isinstance(value, bytes | bytearray):
+        return scrub(bytes(value).decode("utf-8", "replace"))
+    if depth > 6:
+        return scrub(str(value))
     if isinstance(value, Mapping):
-        return {
-            k: MASK if str(k).lower() in SECRET_KEYS else _clean(v, depth + 1)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
+        return {k: MASK if is_secret_key(k) else _clean(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        # a header pair ("Cookie", "…") is masked by its name, like a mapping's key
+        if len(value) == 2 and isinstance(value, tuple) and is_secret_key(value[0]):
+            return [value[0], MASK]
         return [_clean(v, depth + 1) for v in value]
-    return value
+    # Anything else is rendered through str() anyway: scrub that text.
+    return scrub(str(value))
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """The redaction processor: runs last before rendering."""
     for key in list(event):
-        if key.lower() in SECRET_KEYS:
+        if is_secret_key(key):
             event[key] = MASK
         else:
             event[key] = _clean(event[key])
     return event
 
 
+def _renderer(console: bool) -> Any:
+    if console:
+        # plain tracebacks: richer formatters can print local variables (credentials)
+        return structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
+    return structlog.processors.JSONRenderer(serializer=_dumps)
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
-    """Configure structlog once at start-up."""
+    """Configure structlog (and the standard library's loggers) once at start-up."""
     stream = stream if stream is not None else sys.stdout
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=False)
-        if console
-        else structlog.processors.JSONRenderer(serializer=_dumps)
-    )
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    renderer = _renderer(console)
+    # Tracebacks without local variables (format_exc_info): locals could hold credentials.
+    tail = [structlog.processors.format_exc_info, redact, renderer]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            # Tracebacks without local variables: locals could hold credentials.
-            structlog.processors.format_exc_info,
-            redact,
-            renderer,
+            *tail,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    _configure_stdlib(numeric, stream, tail)
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one handler this module puts on the root logger (replaced on reconfiguration)."""
+
+
+def _configure_stdlib(level: int, stream: Any, tail: list[Any]) -> None:
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+    )
+    handler = _Handler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(level, logging.INFO))  # asyncio's and aiohttp's debug chatter stays out
+    # Access lines would carry full URLs (tokens in queries): the gateway logs its own.
+    logging.getLogger("aiohttp.access").disabled = True
 
 
 def _dumps(obj: Any, **_: Any) -> str:
-    import orjson
-
     return orjson.dumps(obj, default=str).decode()

@@ -1,60 +1,114 @@
 """Prometheus metrics, one registry per app so that tests can build many apps in one process.
 
-No label ever carries a credential or a job id.
+No label ever carries a credential or a job id: ``route`` is the route's pattern (or
+``unmatched``), ``status`` an HTTP status, ``kind``/``outcome`` fixed words, ``state`` a job's
+final state (folded into ``other`` past a small number of distinct values).
+
+With ``--workers`` > 1 every worker is its own process; prometheus-client's multiprocess mode
+(the ``PROMETHEUS_MULTIPROC_DIR`` environment variable, which it reads when it is imported)
+keeps each worker's values in files there, and a scrape of any worker adds them all up.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+MAX_STATES = 16  # distinct job states before the rest are counted as "other"
+
+
+class BoundedLabelCounter:
+    """A counter with one label whose values come from outside (an upstream's job states):
+    the first ``cap`` distinct values are kept, any later one is counted as ``other``."""
+
+    def __init__(self, counter: Counter, label: str, cap: int) -> None:
+        self.counter = counter
+        self.label = label
+        self.cap = cap
+        self._seen: set[str] = set()
+
+    def labels(self, **labels: str) -> Counter:
+        value = labels[self.label]
+        if value not in self._seen:
+            if len(self._seen) >= self.cap:
+                value = "other"
+            else:
+                self._seen.add(value)
+        return self.counter.labels(**{self.label: value})
 
 
 class Metrics:
     """Every metric the gateway exports."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, multiprocess_dir: str | None = None
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # prometheus-client picked its value store from this variable at import: follow it.
+        self.multiprocess_dir = multiprocess_dir or os.environ.get(MULTIPROC_ENV) or None
         r = self.registry
         self.requests = Counter(
-            "sync_gateway_requests", "Client requests answered", ["route", "status"], registry=r
+            "sync_gateway_requests",
+            "Client requests answered, by route pattern and HTTP status",
+            ["route", "status"],
+            registry=r,
         )
         self.wait_seconds = Histogram(
             "sync_gateway_wait_seconds",
-            "Time a client spent waiting for a job",
+            "Time a client spent blocked on a job (outcome: finished or accepted)",
             ["outcome"],
             buckets=WAIT_BUCKETS,
             registry=r,
         )
-        self.jobs_finished = Counter(
-            "sync_gateway_jobs_finished",
-            "Jobs seen finished, by final state",
-            ["state"],
-            registry=r,
+        self.jobs_finished = BoundedLabelCounter(
+            Counter(
+                "sync_gateway_jobs_finished",
+                "Jobs seen finished, by final state",
+                ["state"],
+                registry=r,
+            ),
+            "state",
+            MAX_STATES,
         )
         self.budget_expired = Counter(
             "sync_gateway_budget_expired",
-            "Waits that ran out of budget and answered 202",
+            "Answers 202 Accepted: the job goes on, the client re-attaches",
             registry=r,
         )
         self.upstream_requests = Counter(
             "sync_gateway_upstream_requests",
-            "Requests sent upstream, by kind and status",
+            "Requests sent upstream, by kind and status (or connect_error, timeout, io_error)",
             ["kind", "status"],
             registry=r,
         )
         self.upstream_retries = Counter(
             "sync_gateway_upstream_retries", "Upstream requests retried", ["kind"], registry=r
         )
-        self.active_waiters = Gauge(
-            "sync_gateway_active_waiters", "Clients waiting for a job now", registry=r
+        self.active_waiters = self._gauge(
+            "sync_gateway_active_waiters", "Clients blocked on a job now"
         )
-        self.active_watchers = Gauge(
-            "sync_gateway_active_watchers", "Upstream watch loops running now", registry=r
+        self.active_watchers = self._gauge(
+            "sync_gateway_active_watchers", "Jobs being followed upstream now"
         )
-        self.retained_results = Gauge(
-            "sync_gateway_retained_results", "Finished results kept for re-attach", registry=r
+        self.retained_results = self._gauge(
+            "sync_gateway_retained_results", "Finished results kept for re-attach"
         )
-        self.retained_bytes = Gauge(
-            "sync_gateway_retained_bytes", "Bytes of finished results kept", registry=r
+        self.retained_bytes = self._gauge(
+            "sync_gateway_retained_bytes", "Bytes of finished results kept for re-attach"
         )
+
+    def _gauge(self, name: str, documentation: str) -> Gauge:
+        # livesum: the sum over the workers that are alive (each has its own waiters and store).
+        return Gauge(name, documentation, registry=self.registry, multiprocess_mode="livesum")
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format: this process's registry, or every worker's values."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
