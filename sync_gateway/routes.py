@@ -213,7 +213,7 @@ class Handlers:
         await self.store.remember_ref(created.ref, creds.digest())
         if key is not None:
             self.store.settle(key, created.ref)
-        log.info("job_created", job_id=created.ref.id, state=created.snapshot.state)
+        log.debug("job_created", job_id=created.ref.id, state=created.snapshot.state)
 
     async def _last_known(self, ref: JobRef) -> Snapshot:
         watch = self.engine.watching(ref.key)
