@@ -69,7 +69,7 @@ def is_secret_key(key: object) -> bool:
 # have none, and one search is much cheaper than six substitutions.
 _MAYBE = re.compile(r"(?i)[=:@]|/secret/|bearer|basic")
 # Keys the gateway itself fills with values that never carry a credential.
-_SAFE_KEYS = frozenset({"event", "level", "timestamp", "job_id", "route", "method", "status"})
+_SAFE_KEYS = frozenset({"level", "timestamp", "job_id", "route", "method", "status"})
 
 
 def scrub(text: str) -> str:
