@@ -338,10 +338,18 @@ def load(
 
 
 def redacted(settings: Settings) -> dict[str, Any]:
-    """The effective settings as plain data, with any password in URLs masked."""
-    data = dataclasses.asdict(settings)
-    for section, key in (("upstream", "url"), ("store", "url")):
-        url = yarl.URL(data[section][key])
-        if url.password:
-            data[section][key] = str(url.with_password("***"))
-    return data
+    """The effective settings as plain data, with every credential in them masked
+    (URL passwords, ``apiKey=``/``access_token=`` in queries, in any section or route)."""
+    from sync_gateway.logging import scrub
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return scrub(value)
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    result: dict[str, Any] = clean(dataclasses.asdict(settings))
+    return result

@@ -259,6 +259,7 @@ class Handlers:
         snap = await self.engine.wait(watch, seconds)
         waited = time.monotonic() - started
         if snap is None:
+            self.metrics.budget_expired.inc()
             self.metrics.wait_seconds.labels(outcome="accepted").observe(waited)
             return self._accepted(watch.ref, watch.last, fmt, query, prefer)
         self.metrics.wait_seconds.labels(outcome="finished").observe(waited)
@@ -282,7 +283,6 @@ class Handlers:
         prefer: tuple[str, ...] = (),
     ) -> web.Response:
         """202: the job goes on; here is where to fetch its result."""
-        self.metrics.budget_expired.inc()
         items = list(fmt.query_items())
         if "access_token" in query:
             items.append(("access_token", query["access_token"]))
