@@ -1,0 +1,302 @@
+"""The result store interface (retention, refs, idempotency claims), the same tests over the
+embedded memory store and the Redis store, with a real ``redis-server`` on a loopback port.
+
+``redis-server`` missing: these tests are skipped, unless CI=true (then they fail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import gateway_settings
+
+from sync_gateway.metrics import Metrics
+from sync_gateway.redis_backend import RedisBackend
+from sync_gateway.render import Rendered
+from sync_gateway.retention import MemoryStore, ResultStore, Retained
+from sync_gateway.upstream.base import Credentials, JobRef, Snapshot
+
+OWNER = Credentials(access_token="demo-token").digest()
+OTHER = Credentials(access_token="other-token").digest()
+
+
+# ---- a real redis-server -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A throw-away redis-server on a loopback port (no persistence), stoppable and
+    restartable on the same port."""
+
+    def __init__(self, executable: str, directory: Path) -> None:
+        self.executable = executable
+        self.directory = directory
+        self.port = free_port()
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            self.executable,
+            *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+            *("--appendonly", "no", "--dir", str(self.directory)),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        give_up = time.monotonic() + 10
+        while not await self._pong():
+            if self.process.returncode is not None or time.monotonic() > give_up:
+                pytest.fail("redis-server did not start")
+            await asyncio.sleep(0.02)
+
+    async def _pong(self) -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        try:
+            writer.write(b"PING\r\n")
+            await writer.drain()
+            return (await reader.readline()).startswith(b"+PONG")
+        except OSError:
+            return False
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 5)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+def redis_executable() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed (.ci/run installs it)")
+        pytest.skip("redis-server is not installed")
+    return found
+
+
+async def running_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    server = RedisServer(redis_executable(), tmp_path)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    async for server in running_redis(tmp_path):
+        yield server
+
+
+# ---- the stores ----------------------------------------------------------------------------
+
+StoreFactory = Callable[..., Awaitable[ResultStore]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Build stores of one backend; the redis ones share one server (two replicas)."""
+    closers: list[Callable[[], Awaitable[None]]] = []
+    server: RedisServer | None = None
+    if request.param == "redis":
+        server = RedisServer(redis_executable(), tmp_path)
+        await server.start()
+    shared: MemoryStore | None = None
+
+    async def make(seconds: float = 60.0, max_bytes: int = 1 << 20) -> ResultStore:
+        nonlocal shared
+        if server is None:
+            # One process: "another replica" is the same store.
+            if shared is None:
+                shared = MemoryStore(seconds, max_bytes, Metrics())
+                closers.append(shared.close)
+            return shared
+        settings = gateway_settings(
+            "http://127.0.0.1:9",
+            store={"backend": "redis", "url": server.url},
+            retention={"seconds": seconds, "max_bytes": max_bytes},
+        )
+        backend = await RedisBackend.create(settings, Metrics())
+        closers.append(backend.close)
+        return backend.store
+
+    make.backend = request.param  # type: ignore[attr-defined]
+    try:
+        yield make
+    finally:
+        for close in reversed(closers):
+            await close()
+        if server is not None:
+            await server.stop()
+
+
+def ref(job: str = "j1", **kw: Any) -> JobRef:
+    return JobRef("theeye", job, customer="demo", **kw)
+
+
+def finished(body: bytes = b'["hello"]', size: int = 100) -> Snapshot:
+    document = {"id": "j1", "state": "success", "lifecycle": "finished", "output": ["hello"]}
+    rendered = Rendered(201, body, "application/json", (("X-Thing", "1"),), ("Connection",))
+    return Snapshot(True, "success", "finished", document, rendered, size)
+
+
+def retained(job: str = "j1", seconds: float = 60.0, size: int = 100) -> Retained:
+    return Retained(ref(job), finished(size=size), OWNER, time.monotonic() + seconds)
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    give_up = time.monotonic() + 10
+    while not await condition():
+        if time.monotonic() > give_up:
+            pytest.fail(f"gave up waiting for: {what}")
+        await asyncio.sleep(0.02)
+
+
+# ---- results -------------------------------------------------------------------------------
+
+
+async def test_put_result_is_read_back_whole(make_store: StoreFactory) -> None:
+    store = await make_store()
+    item = Retained(ref("j1", job_secret="s3", extra=(("a", "b"),)), finished(), OWNER, 0.0)
+    item = Retained(item.ref, item.snapshot, OWNER, time.monotonic() + 60)
+    assert await store.put(item) is True
+    got = await store.get("theeye:j1")
+    assert got is not None
+    assert got.ref == item.ref
+    assert got.snapshot == item.snapshot
+    assert got.snapshot.rendered is not None and got.snapshot.rendered.body == b'["hello"]'
+    assert got.owner == OWNER
+    assert got.expires_at > time.monotonic()
+
+
+async def test_missing_result_is_none(make_store: StoreFactory) -> None:
+    store = await make_store()
+    assert await store.get("theeye:nope") is None
+    assert await store.ref("theeye:nope") is None
+
+
+async def test_result_put_by_one_replica_is_read_by_another(make_store: StoreFactory) -> None:
+    a, b = await make_store(), await make_store()
+    await a.put(retained("j2"))
+    got = await b.get("theeye:j2")
+    assert got is not None and got.owner == OWNER
+
+
+async def test_result_expires_after_retention(make_store: StoreFactory) -> None:
+    a, b = await make_store(seconds=0.3), await make_store(seconds=0.3)
+    await a.put(retained("j3", seconds=0.3))
+
+    async def gone() -> bool:
+        return await a.get("theeye:j3") is None and await b.get("theeye:j3") is None
+
+    await eventually(gone, "the result to expire")
+
+
+async def test_result_larger_than_the_bound_is_not_kept(make_store: StoreFactory) -> None:
+    store = await make_store(max_bytes=1000)
+    assert await store.put(retained("big", size=1001)) is False
+    assert await store.get("theeye:big") is None
+
+
+async def test_retention_zero_keeps_nothing(make_store: StoreFactory) -> None:
+    store = await make_store(seconds=0)
+    assert await store.put(retained("j4", seconds=0)) is False
+    assert await store.get("theeye:j4") is None
+
+
+async def test_oldest_result_is_evicted_past_the_byte_bound(make_store: StoreFactory) -> None:
+    if make_store.backend == "redis":  # type: ignore[attr-defined]
+        pytest.skip("Redis bounds its memory itself (maxmemory and its eviction policy)")
+    store = await make_store(max_bytes=250)
+    for job in ("e1", "e2", "e3"):
+        await store.put(retained(job, size=100))
+    assert await store.get("theeye:e1") is None
+    assert await store.get("theeye:e3") is not None
+
+
+# ---- refs ----------------------------------------------------------------------------------
+
+
+async def test_remembered_ref_and_owner_are_shared(make_store: StoreFactory) -> None:
+    a, b = await make_store(), await make_store()
+    job = ref("r1", job_secret="js")
+    await a.remember_ref(job, OWNER)
+    assert await b.ref("theeye:r1") == (job, OWNER)
+
+
+async def test_owner_is_kept_as_given_digest(make_store: StoreFactory) -> None:
+    store = await make_store()
+    await store.remember_ref(ref("r2"), OTHER)
+    found = await store.ref("theeye:r2")
+    assert found is not None and found[1] == OTHER != OWNER
+
+
+# ---- idempotency claims --------------------------------------------------------------------
+
+
+async def test_first_claim_wins_and_later_claims_get_its_job(make_store: StoreFactory) -> None:
+    a, b = await make_store(), await make_store()
+    assert await a.claim("key-1") is None
+    waiting = [await a.claim("key-1"), await b.claim("key-1")]
+    assert all(w is not None and not w.done() for w in waiting)
+    a.settle("key-1", ref("c1"))
+    for w in waiting:
+        assert w is not None
+        assert await asyncio.wait_for(w, 10) == ref("c1")
+
+
+async def test_settled_claim_answers_at_once_later(make_store: StoreFactory) -> None:
+    a, b = await make_store(), await make_store()
+    assert await a.claim("key-2") is None
+    a.settle("key-2", ref("c2"))
+
+    async def settled() -> bool:
+        found = await b.claim("key-2")
+        return found is not None and found.done() and found.result() == ref("c2")
+
+    await eventually(settled, "the settled claim to be visible")
+
+
+async def test_failed_create_releases_the_claim(make_store: StoreFactory) -> None:
+    a, b = await make_store(), await make_store()
+    assert await a.claim("key-3") is None
+    waiting = await b.claim("key-3")
+    assert waiting is not None
+    a.settle("key-3", None)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiting, 10)
+    assert await b.claim("key-3") is None  # claimed anew by the one who retries
+
+
+async def test_concurrent_claims_have_one_winner(make_store: StoreFactory) -> None:
+    stores = [await make_store() for _ in range(2)]
+    claims = await asyncio.gather(*(s.claim("key-4") for s in stores for _ in range(5)))
+    assert sum(1 for c in claims if c is None) == 1
