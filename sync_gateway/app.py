@@ -165,7 +165,13 @@ async def readyz(request: web.Request) -> web.Response:
             f"the upstream answered {status}", reason="upstream_error", upstream_status=status
         )
         return json_response(503, err.payload())
-    return json_response(200, {"status": "ready", "upstream_status": status})
+    # A shared store that is down does not make a replica unready: every replica shares it,
+    # and each keeps serving on its own until it returns. Readiness says so all the same.
+    store = "memory"
+    backend = request.app.get(REDIS)
+    if backend is not None:
+        store = "up" if await backend.healthy() else "down"
+    return json_response(200, {"status": "ready", "upstream_status": status, "store": store})
 
 
 async def metrics_view(request: web.Request) -> web.Response:

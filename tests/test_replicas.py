@@ -246,6 +246,9 @@ async def test_redis_restart_loses_no_delivered_result_and_no_waiter_gets_5xx(
     assert await get_result(http, a, first) == (200, orjson.dumps(DELAY_OUTPUT))
     async with http.get(a.url + "/metrics") as resp:
         assert "sync_gateway_store_up 0.0" in await resp.text()
+    async with http.get(a.url + "/readyz") as resp:  # still serving, and saying why
+        assert resp.status == 200
+        assert (await resp.json())["store"] == "down"
     await redis_server.start()  # empty: no persistence
 
     for status, body in await asyncio.gather(*waiters):
