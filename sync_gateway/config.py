@@ -324,11 +324,20 @@ def load(
     settings = Settings()
     if path is None and env.get(f"{ENV_PREFIX}CONFIG"):
         path = env[f"{ENV_PREFIX}CONFIG"]
+    sources: list[tuple[Mapping[str, Any], bool]] = []
     if path is not None:
-        settings = _apply(settings, _read_toml(Path(path)), from_text=False)
-    settings = _apply(settings, _from_env(env), from_text=True)
+        sources.append((_read_toml(Path(path)), False))
+    sources.append((_from_env(env), True))
     if overrides:
-        settings = _apply(settings, overrides, from_text=False)
+        sources.append((overrides, False))
+    for data, from_text in sources:
+        settings = _apply(settings, data, from_text=from_text)
+    retention_given = any("seconds" in (data.get("retention") or {}) for data, _ in sources)
+    if settings.store.backend == "redis" and not retention_given:
+        # A shared store outlives any one replica: keep results a day unless told otherwise.
+        settings = dataclasses.replace(
+            settings, retention=dataclasses.replace(settings.retention, seconds=86400.0)
+        )
     if settings.wait.default_seconds > settings.wait.max_seconds:
         raise ConfigError(
             f"wait.default_seconds: {settings.wait.default_seconds!r} "

@@ -270,3 +270,18 @@ def test_example_config_documents_every_setting() -> None:
         elif not documents(parts.get("", ""), field.name):
             missing.append(field.name)
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides", "expected"),
+    [
+        ({}, {"store": {"backend": "redis"}}, 86400.0),
+        ({"SYNC_GATEWAY_RETENTION_SECONDS": "5"}, {"store": {"backend": "redis"}}, 5.0),
+        ({}, {"store": {"backend": "redis"}, "retention": {"seconds": 60}}, 60.0),
+        ({}, {}, 3600.0),
+    ],
+)
+def test_retention_defaults_to_a_day_with_the_shared_store_unless_given(
+    env: dict[str, str], overrides: dict[str, Any], expected: float
+) -> None:
+    assert load(None, env, overrides).retention.seconds == expected
