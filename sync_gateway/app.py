@@ -182,8 +182,10 @@ async def metrics_view(request: web.Request) -> web.Response:
 
 
 def _connector(settings: Settings) -> aiohttp.TCPConnector:
+    up = settings.upstream
     return aiohttp.TCPConnector(
-        limit=settings.upstream.pool_size,  # 0 = no cap: each watched job may hold a long poll
+        # ordinary requests are bounded by pool_size, long polls by max_long_polls
+        limit=up.pool_size + up.max_long_polls if up.pool_size > 0 else 0,
         limit_per_host=0,
         keepalive_timeout=30,
         enable_cleanup_closed=True,
@@ -197,7 +199,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(
         connector=_connector(settings),
         timeout=aiohttp.ClientTimeout(
-            total=settings.upstream.request_timeout, connect=settings.upstream.connect_timeout
+            total=settings.upstream.request_timeout, sock_connect=settings.upstream.connect_timeout
         ),
     )
     client = UpstreamClient(session, settings.upstream, metrics)

@@ -60,7 +60,7 @@ class UpstreamSettings:
     poll_max_interval: float = 5.0
     long_poll_timeout: float = 60.0
     max_long_polls: int = 5000
-    pool_size: int = 0
+    pool_size: int = 256
     retry_attempts: int = 6
 
 

@@ -132,6 +132,19 @@ class UpstreamClient:
         self.settings = settings
         self.metrics = metrics
         self._wait = _WaitHonouringRetryAfter(settings)
+        # Ordinary requests (creates, polls, cancels) queue here rather than each opening a
+        # connection: a burst of thousands of creates then reuses warm keep-alive connections
+        # instead of flooding the upstream's listen queue. Long polls are bounded separately
+        # (upstream.max_long_polls) since each holds its connection for up to a minute.
+        self._slots = asyncio.Semaphore(settings.pool_size) if settings.pool_size > 0 else None
+        self._default_timeout = self._timeout(settings.request_timeout)
+
+    def _timeout(self, total: float) -> aiohttp.ClientTimeout:
+        # `connect` would also count the wait for a pooled connection; only the socket
+        # connect itself is bounded by connect_timeout.
+        return aiohttp.ClientTimeout(
+            total=total, connect=None, sock_connect=self.settings.connect_timeout
+        )
 
     async def request(
         self,
@@ -145,6 +158,7 @@ class UpstreamClient:
         timeout: float | None = None,
         budget: float | None = None,
         idempotent: bool = True,
+        long_poll: bool = False,
     ) -> Response:
         """Send one logical request, retried per policy within ``budget`` seconds."""
 
@@ -153,10 +167,11 @@ class UpstreamClient:
                 return True
             return idempotent and isinstance(exc, RetryableStatus | UpstreamUnavailable)
 
+        call = (kind, method, url, params, headers, data, timeout, long_poll)
         # Fast path: most requests succeed at once; the retry machinery is built only when
         # the first attempt failed in a way the policy retries.
         try:
-            return await self._once(kind, method, url, params, headers, data, timeout)
+            return await self._send(*call)
         except UpstreamUnavailable as exc:
             if not retryable(exc):
                 if isinstance(exc, RetryableStatus):
@@ -181,7 +196,9 @@ class UpstreamClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._once(kind, method, url, params, headers, data, timeout)
+                    return await self._send(
+                        kind, method, url, params, headers, data, timeout, long_poll
+                    )
         except RetryableStatus as exc:
             # Not retried any more: the adapter decides what a 429 or 5xx answer means.
             return exc.response
@@ -201,6 +218,22 @@ class UpstreamClient:
         exc = state.outcome.exception() if state.outcome else None
         self._log_retry(kind, state.attempt_number + 1, exc)
 
+    async def _send(
+        self,
+        kind: str,
+        method: str,
+        url: str,
+        params: Any,
+        headers: Mapping[str, str] | None,
+        data: bytes | None,
+        timeout: float | None,
+        long_poll: bool,
+    ) -> Response:
+        if long_poll or self._slots is None:
+            return await self._once(kind, method, url, params, headers, data, timeout)
+        async with self._slots:
+            return await self._once(kind, method, url, params, headers, data, timeout)
+
     async def _once(
         self,
         kind: str,
@@ -211,10 +244,7 @@ class UpstreamClient:
         data: bytes | None,
         timeout: float | None,
     ) -> Response:
-        total = timeout if timeout is not None else self.settings.request_timeout
-        client_timeout = aiohttp.ClientTimeout(
-            total=total, connect=self.settings.connect_timeout, sock_connect=None
-        )
+        client_timeout = self._default_timeout if timeout is None else self._timeout(timeout)
         try:
             async with self.session.request(
                 method,

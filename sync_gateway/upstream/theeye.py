@@ -166,6 +166,7 @@ class TheEyeAdapter:
             params=params,
             headers=headers,
             timeout=held + self.settings.request_timeout,
+            long_poll=True,
         )
         return Progress(self._finished_or_rejected(resp), long_polled=True)
 

@@ -1,0 +1,238 @@
+"""Location polling adapter (SPEC 3.2): elastic.io's scheduled executions, Azure-style LROs.
+
+Create: the client's request goes to the route's upstream URL as it came (method, body,
+Content-Type, credentials); the upstream answers 202 with a ``Location`` to poll. Polling it
+answers 200 while the job runs and 303 + ``Location`` when the result is ready; the result
+resource answers 200 ``{data}``, 400 ``{message: "Rejected.", reason}`` or 404, and may be read
+ONCE: this adapter reads it exactly once, inside the watch, and the engine keeps it.
+
+Decisions where the SPEC is silent:
+
+* The gateway's job id is its own (uuid4 hex); the upstream's ids live in the poll URL only.
+* A ``Location`` may be absolute or relative (resolved against the URL it came from) and may be
+  wrapped in quotes, as the seed writes it (``Location: 'https://…'``).
+* The caller's credentials follow a ``Location`` only to the upstream's own origin (scheme,
+  host, port), as ``curl --location`` does without ``--location-trusted``.
+* Any other 2xx answer to the create, without a ``Location``, is the result itself.
+* The result request is not resent after a reply that may have been read (a reset or a
+  timeout): the engine polls again and the upstream says whether the result is still there.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import yarl
+from multidict import MultiDict
+
+from sync_gateway.config import ConfigError, RouteSettings, UpstreamSettings
+from sync_gateway.errors import (
+    Forbidden,
+    NotFound,
+    UpstreamBadResponse,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from sync_gateway.render import JSON_CONTENT_TYPE, Rendered, json_body
+from sync_gateway.upstream.base import (
+    Created,
+    CreateRequest,
+    Credentials,
+    JobRef,
+    Progress,
+    Snapshot,
+)
+from sync_gateway.upstream.http import RETRY_STATUSES, Response, UpstreamClient
+from sync_gateway.upstream.theeye import GATEWAY_PARAMS, rejected
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+RUNNING = Snapshot(False, "in_progress", "polling")
+ACCEPT = {"Accept": "application/json"}
+
+
+def expand(template: str, params: Mapping[str, str]) -> str:
+    """The upstream URL with ``{name}`` filled from the route's path params, URL-quoted."""
+    return _PLACEHOLDER.sub(lambda m: quote(params[m.group(1)], safe=""), template)
+
+
+def resolve_location(raw: str | None, base: str) -> str | None:
+    """A ``Location`` value, unquoted and made absolute against ``base``; None if unusable."""
+    if raw is None:
+        return None
+    value = raw.strip().strip("'\"").strip()
+    if not value:
+        return None
+    try:
+        url = yarl.URL(base).join(yarl.URL(value))
+    except ValueError:
+        return None
+    if url.scheme not in ("http", "https") or not url.host:
+        return None
+    return str(url)
+
+
+def _finished(rendered: Rendered, state: str) -> Snapshot:
+    return Snapshot(True, state, "finished", rendered=rendered, size=len(rendered.body))
+
+
+class LocationPollAdapter:
+    """Talks to an upstream that answers 202 + Location and serves the result once."""
+
+    def __init__(
+        self, name: str, client: UpstreamClient, settings: UpstreamSettings, route: RouteSettings
+    ) -> None:
+        self.name = name
+        self.client = client
+        self.settings = settings
+        self.route = route
+        self.origin = yarl.URL(route.upstream).origin()
+        in_path = set(_PLACEHOLDER.findall(route.path))
+        missing = set(_PLACEHOLDER.findall(route.upstream)) - in_path
+        if missing:
+            raise ConfigError(
+                f"routes: upstream {sorted(missing)[0]!r} is not a parameter of {route.path!r}"
+            )
+        # An immediate result (a 2xx without Location) waits here for the watch's first step.
+        self._immediate: dict[str, Snapshot] = {}
+
+    def _auth(self, url: str, credentials: Credentials) -> tuple[dict[str, str], dict[str, str]]:
+        """(query params, headers) carrying the caller's credentials, to our origin only."""
+        if yarl.URL(url).origin() != self.origin:
+            return {}, dict(ACCEPT)
+        params = {"access_token": credentials.access_token} if credentials.access_token else {}
+        headers = dict(ACCEPT)
+        if credentials.authorization:
+            headers["Authorization"] = credentials.authorization
+        return params, headers
+
+    # ---- create --------------------------------------------------------------------------
+
+    async def create(self, request: CreateRequest) -> Created:
+        url = expand(self.route.upstream, request.params)
+        query: MultiDict[str] = MultiDict(
+            (k, v) for k, v in request.query.items() if k not in GATEWAY_PARAMS
+        )
+        headers = dict(ACCEPT)
+        if request.credentials.authorization:
+            headers["Authorization"] = request.credentials.authorization
+        if request.body:
+            headers["Content-Type"] = request.content_type or "application/json"
+        resp = await self.client.request(
+            "create",
+            self.route.method,
+            url,
+            params=query,
+            headers=headers,
+            data=request.body or None,
+            idempotent=False,
+        )
+        ref = JobRef(adapter=self.name, id=uuid.uuid4().hex)
+        if 400 <= resp.status < 500:
+            raise rejected(resp)  # a 429 too, with its Retry-After: the client may come back
+        if resp.status >= 500:
+            raise UpstreamUnavailable(
+                "the upstream failed to create the job", upstream_status=resp.status
+            )
+        location = resolve_location(resp.headers.get("Location"), url)
+        if resp.status == 202 and location is not None:
+            ref = JobRef(adapter=self.name, id=ref.id, poll_url=location)
+            return Created(ref, RUNNING, resp.status, resp.body, resp.content_type)
+        if 200 <= resp.status < 300 and resp.status != 202 and resp.body and location is None:
+            snap = _finished(Rendered(resp.status, resp.body, resp.content_type), "success")
+            self._immediate[ref.key] = snap
+            return Created(ref, snap, resp.status, resp.body, resp.content_type)
+        raise UpstreamBadResponse(
+            "the upstream answered the create without a Location to poll",
+            upstream_status=resp.status,
+        )
+
+    # ---- watching ------------------------------------------------------------------------
+
+    async def step(self, ref: JobRef, credentials: Credentials, timeout: float) -> Progress:
+        immediate = self._immediate.pop(ref.key, None)
+        if immediate is not None:
+            return Progress(immediate)
+        resp = await self._poll(ref, credentials)
+        if resp.status in RETRY_STATUSES:  # still there after the retries: come back later
+            return Progress(None, retry_after=resp.retry_after)
+        if resp.status == 200:
+            document = resp.json()  # not JSON: UpstreamBadResponse, the engine polls again
+            doc = document if isinstance(document, dict) else {}
+            return Progress(
+                Snapshot(False, "in_progress", "polling", doc), retry_after=resp.retry_after
+            )
+        assert ref.poll_url is not None
+        result_url = resolve_location(resp.headers.get("Location"), ref.poll_url)
+        if result_url is None:
+            raise UpstreamBadResponse(
+                "the upstream answered 303 without a usable Location", upstream_status=303
+            )
+        return Progress(await self._read_result(result_url, credentials))
+
+    async def _poll(self, ref: JobRef, credentials: Credentials) -> Response:
+        """GET the poll URL (never following its 303): 200, 303 or a retryable status."""
+        if ref.poll_url is None:
+            # Final, or the engine would poll nothing until the watch runs out.
+            body = json_body(NotFound("the gateway has no poll URL for this job").payload())
+            raise UpstreamRejected(404, body, JSON_CONTENT_TYPE)
+        params, headers = self._auth(ref.poll_url, credentials)
+        resp = await self.client.request(
+            "poll", "GET", ref.poll_url, params=params, headers=headers
+        )
+        if resp.status in (200, 303) or resp.status in RETRY_STATUSES:
+            return resp
+        self._raise_for(resp, "poll")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _read_result(self, url: str, credentials: Credentials) -> Snapshot:
+        """Read the result resource ONCE: it may be served only once."""
+        params, headers = self._auth(url, credentials)
+        # Not idempotent: a reply lost in flight may already have used the one read up.
+        resp = await self.client.request(
+            "result", "GET", url, params=params, headers=headers, idempotent=False
+        )
+        content_type = resp.headers.get("Content-Type", "application/json")
+        if resp.status == 200:
+            return _finished(Rendered(200, resp.body, content_type), "success")
+        if resp.status == 400:
+            return _finished(Rendered(400, resp.body, content_type), "failure")
+        self._raise_for(resp, "result")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _raise_for(resp: Response, what: str) -> None:
+        """A 4xx (404 ``Expired.``, ``Result does not exist``) but 429 is final; else not."""
+        if resp.status in RETRY_STATUSES or resp.status >= 500:
+            raise UpstreamUnavailable(
+                f"the upstream answered the {what} request with {resp.status}",
+                upstream_status=resp.status,
+            )
+        if 400 <= resp.status < 500:
+            raise rejected(resp)
+        raise UpstreamBadResponse(
+            f"the upstream answered the {what} request with an unexpected status",
+            upstream_status=resp.status,
+        )
+
+    async def fetch(self, ref: JobRef, credentials: Credentials) -> Snapshot:
+        """Ask the poll URL with the caller's credentials; never follow it to the result."""
+        immediate = self._immediate.get(ref.key)
+        if immediate is not None:
+            return immediate
+        if ref.poll_url is None:  # an immediate result: nobody upstream to ask
+            raise Forbidden("only the caller who created this job may read its result")
+        resp = await self._poll(ref, credentials)
+        if resp.status in RETRY_STATUSES:
+            self._raise_for(resp, "poll")
+        body: Any = resp.json() if resp.status == 200 else {}
+        return Snapshot(False, "in_progress", "polling", body if isinstance(body, dict) else {})
+
+    async def cancel(self, ref: JobRef, credentials: Credentials) -> None:
+        """The protocol has no cancel."""
+
+    def ref_for(self, job_id: str, params: Mapping[str, str]) -> JobRef:
+        raise NotFound("the gateway does not know this job (or its result has expired)")
