@@ -320,8 +320,12 @@ class Handlers:
         body = await self.read_body(request)
         rq.json_body(body)
         create = CreateRequest(params, query, body, request.content_type, creds, idem)
+        create = dataclasses.replace(create, credentials=adapter.credentials(create))
         ref, last, _, creds = await self._create_once(adapter, create)
         structlog.contextvars.bind_contextvars(job_id=ref.id)
+        running = self.engine.watching(ref.key)
+        if running is not None:  # an upstream job id reused: only its owner may attach
+            await self.engine.authorize(running.ref, running.owner, creds)
         watch = self.engine.watch(ref, creds, last)
         if budget.respond_async:
             return self._accepted(ref, watch.last, fmt, query, budget.applied)
@@ -333,7 +337,11 @@ class Handlers:
         query = request.query
         fmt = self.parse_format(query)
         loop = rq.loop_params(query)
-        creds = rq.credentials(query, request.headers)
+        adapter = self.engine.adapters.get(params["adapter"])
+        if adapter is None:
+            raise NotFound("no configured route has this name", parameter="adapter")
+        plain = rq.credentials(query, request.headers)
+        creds = adapter.credentials(CreateRequest(params, query, b"", None, plain))
         if request.method == "POST":
             await self.read_body(request)
         key = f"{params['adapter']}:{params['job']}"

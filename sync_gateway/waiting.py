@@ -151,6 +151,9 @@ class Engine:
     async def _coordinated(self, w: Watch, deadline: float) -> Snapshot | None:
         """Follow the job here, unless another replica already does: then wait for its
         outcome in the shared store, and take over when its lease lapses."""
+        if w.last.finished:  # the create itself answered the result
+            await self._finish(w, w.last)
+            return w.last
         coordinator = self.coordinator
         key = w.ref.key
         while self._loop.time() < deadline:

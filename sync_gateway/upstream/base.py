@@ -152,3 +152,9 @@ class Adapter(Protocol):
     def ref_for(self, job_id: str, params: Mapping[str, str]) -> JobRef:
         """A ref for a job the gateway did not create (a re-attach)."""
         ...
+
+    def credentials(self, request: CreateRequest) -> Credentials:
+        """Who the caller is, as this protocol carries it (the query and Authorization
+        usually; executeJob's ``apiKey`` in the body). Used for ownership and idempotency;
+        on a re-attach ``request.body`` is empty."""
+        ...

@@ -246,5 +246,20 @@ class ExecuteJobAdapter:
     async def cancel(self, ref: JobRef, credentials: Credentials) -> None:
         """The protocol has no cancel."""
 
+    def credentials(self, request: CreateRequest) -> Credentials:
+        """The apiKey (body first, then query) is who the caller is."""
+        key: str | None = None
+        if request.body.strip():
+            try:
+                body = orjson.loads(request.body)
+            except orjson.JSONDecodeError:
+                body = None
+            if isinstance(body, dict):
+                key = _scalar(body.get("apiKey"))
+        key = key or request.query.get("apiKey") or None
+        if key is None:
+            return request.credentials
+        return Credentials(extra=(("apiKey", key),))
+
     def ref_for(self, job_id: str, params: Mapping[str, str]) -> JobRef:
         raise NotFound("the gateway does not know this job (or its result has expired)")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import yarl
@@ -186,7 +186,6 @@ class LocationPollAdapter:
         if resp.status in (200, 303) or resp.status in RETRY_STATUSES:
             return resp
         self._raise_for(resp, "poll")
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _read_result(self, url: str, credentials: Credentials) -> Snapshot:
         """Read the result resource ONCE: it may be served only once."""
@@ -201,10 +200,9 @@ class LocationPollAdapter:
         if resp.status == 400:
             return _finished(Rendered(400, resp.body, content_type), "failure")
         self._raise_for(resp, "result")
-        raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
-    def _raise_for(resp: Response, what: str) -> None:
+    def _raise_for(resp: Response, what: str) -> NoReturn:
         """A 4xx (404 ``Expired.``, ``Result does not exist``) but 429 is final; else not."""
         if resp.status in RETRY_STATUSES or resp.status >= 500:
             raise UpstreamUnavailable(
@@ -233,6 +231,9 @@ class LocationPollAdapter:
 
     async def cancel(self, ref: JobRef, credentials: Credentials) -> None:
         """The protocol has no cancel."""
+
+    def credentials(self, request: CreateRequest) -> Credentials:
+        return request.credentials
 
     def ref_for(self, job_id: str, params: Mapping[str, str]) -> JobRef:
         raise NotFound("the gateway does not know this job (or its result has expired)")

@@ -220,6 +220,9 @@ class TheEyeAdapter:
             headers=headers,
         )
 
+    def credentials(self, request: CreateRequest) -> Credentials:
+        return request.credentials
+
     def ref_for(self, job_id: str, params: Mapping[str, str]) -> JobRef:
         return JobRef(
             adapter=self.name,

@@ -1,0 +1,458 @@
+"""Location polling (SPEC 3.2): the gateway in front of the elastic.io-style emulator, and
+the adapter replaying recorded exchanges (``tests/recordings/location``)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aioresponses import aioresponses
+from conftest import Gateway, start_gateway
+from multidict import MultiDict
+
+from sync_gateway.config import RouteSettings, UpstreamSettings, load
+from sync_gateway.emulator.location_emulator import (
+    CREDENTIAL,
+    SEED_BODY,
+    LocationEmulator,
+    LocationEmulatorSettings,
+)
+from sync_gateway.errors import GatewayError, UpstreamRejected
+from sync_gateway.metrics import Metrics
+from sync_gateway.upstream.base import CreateRequest, Credentials, Snapshot
+from sync_gateway.upstream.http import UpstreamClient
+from sync_gateway.upstream.location import LocationPollAdapter, resolve_location
+
+RECORDINGS = Path(__file__).parent / "recordings" / "location"
+AUTH = {"Authorization": CREDENTIAL}
+OTHER_AUTH = {"Authorization": "Basic b3RoZXJAZXhhbXBsZS5jb206b3RoZXIta2V5"}
+FAST = {"poll_interval": 0.05, "poll_max_interval": 0.2}
+DATA = {"data": {"some": "value"}}
+HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+Emu = Callable[..., Awaitable[LocationEmulator]]
+Gw = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[Emu]:
+    started: list[LocationEmulator] = []
+
+    async def make(**kw: Any) -> LocationEmulator:
+        server = LocationEmulator(LocationEmulatorSettings(**kw))
+        await server.start()
+        started.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in started:
+            await server.close()
+
+
+@pytest.fixture
+async def gw() -> AsyncIterator[Gw]:
+    started: list[Gateway] = []
+
+    async def make(upstream: str, method: str = "POST", path: str = "/exec/schedule") -> Gateway:
+        route = {"method": method, "path": path, "adapter": "location-poll"}
+        route |= {"upstream": upstream, "name": "elastic"}
+        settings = load(None, {}, {"upstream": FAST, "routes": [route]})
+        gateway = await start_gateway(settings)
+        started.append(gateway)
+        return gateway
+
+    try:
+        yield make
+    finally:
+        for gateway in started:
+            await gateway.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def call(
+    http: aiohttp.ClientSession, method: str, url: str, **kw: Any
+) -> tuple[int, Any, aiohttp.ClientResponse]:
+    async with http.request(method, url, allow_redirects=False, **kw) as resp:
+        raw = await resp.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = raw
+    return resp.status, body, resp
+
+
+def make_all_ready(server: LocationEmulator) -> None:
+    for job in server.state.jobs.values():
+        job.ready_at = 0.0
+
+
+# ---- over sockets ---------------------------------------------------------------------------
+
+
+async def test_success_answers_the_upstream_result_body_as_is(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession
+) -> None:
+    server = await emu(duration=0.2)
+    gateway = await gw(server.schedule_url)
+    status, body, resp = await call(
+        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
+    )
+    assert (status, body) == (200, DATA)
+    assert HEX_ID.fullmatch(resp.headers["X-Job-Id"])
+    assert resp.headers["Content-Type"].startswith("application/json")
+    assert server.counts["create"] == 1
+    assert server.counts["result"] == 1
+
+
+async def test_create_forwards_method_body_content_type_credentials_and_path_params(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession
+) -> None:
+    server = await emu()
+    gateway = await gw(f"{server.url}/v1/{{component}}/exec/schedule", "PUT", "/run/{component}")
+    status, body, _ = await call(
+        http,
+        "PUT",
+        f"{gateway.url}/run/abc.1?access_token=tok&output",
+        data=orjson.dumps(SEED_BODY),
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert (status, body) == (200, DATA)
+    create = server.state.exchanges[0]
+    assert create["method"] == "PUT"
+    assert create["url"] == f"{server.url}/v1/abc.1/exec/schedule?access_token=tok"
+    assert orjson.loads(create["request_body"]) == SEED_BODY
+    assert create["request_headers"] == {**AUTH, "Content-Type": "application/json"}
+
+
+async def test_rejected_result_is_passed_through_as_400(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession
+) -> None:
+    server = await emu(outcome="rejected")
+    gateway = await gw(server.schedule_url)
+    status, body, _ = await call(
+        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
+    )
+    assert status == 400
+    assert body == {"message": "Rejected.", "reason": {"message": "Invalid account credentials"}}
+
+
+async def test_expired_poll_is_a_final_404(emu: Emu, gw: Gw, http: aiohttp.ClientSession) -> None:
+    server = await emu(outcome="expired")
+    gateway = await gw(server.schedule_url)
+    status, body, _ = await call(
+        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
+    )
+    assert (status, body) == (404, {"message": "Expired."})
+    assert server.counts["result"] == 0
+
+
+@pytest.mark.parametrize(
+    ("create_status", "answer"), [(400, 400), (401, 401), (429, 429), (500, 502)]
+)
+async def test_create_4xx_is_passed_through_and_5xx_is_502(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession, create_status: int, answer: int
+) -> None:
+    server = await emu(create_status=create_status)
+    gateway = await gw(server.schedule_url)
+    status, body, resp = await call(
+        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
+    )
+    assert status == answer
+    if answer < 500:
+        assert body == {"message": "Schedule failed"}
+    else:
+        assert body["error"] == "upstream_unavailable"
+    if create_status == 429:
+        assert resp.headers["Retry-After"] == "7"
+    assert server.counts["create"] == 1
+
+
+async def test_create_answering_503_is_not_repeated(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession
+) -> None:
+    server = await emu(create_status=503)
+    gateway = await gw(server.schedule_url)
+    status, body, _ = await call(
+        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
+    )
+    assert (status, body["error"]) == (502, "upstream_unavailable")
+    assert server.counts["create"] == 1
+
+
+async def test_budget_expiry_answers_202_and_reattach_gets_the_result(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession
+) -> None:
+    server = await emu(duration=3600.0)
+    gateway = await gw(server.schedule_url)
+    status, body, resp = await call(
+        http,
+        "POST",
+        f"{gateway.url}/exec/schedule",
+        json=SEED_BODY,
+        headers={**AUTH, "Prefer": "wait=1"},
+    )
+    job = resp.headers["X-Job-Id"]
+    assert status == 202
+    assert resp.headers["Location"].startswith(f"/jobs/elastic/{job}/result")
+    assert body == {
+        "id": job,
+        "state": "in_progress",
+        "lifecycle": "polling",
+        "location": resp.headers["Location"],
+    }
+    make_all_ready(server)
+    status, body, resp = await call(
+        http, "GET", gateway.url + resp.headers["Location"], headers=AUTH
+    )
+    assert (status, body, resp.headers["X-Job-Id"]) == (200, DATA, job)
+    assert server.counts["create"] == 1
+    assert server.counts["result"] == 1
+
+
+async def test_read_once_result_is_served_twice_from_retention(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession
+) -> None:
+    server = await emu()
+    gateway = await gw(server.schedule_url)
+    status, body, resp = await call(
+        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
+    )
+    assert (status, body) == (200, DATA)
+    again = f"{gateway.url}/jobs/elastic/{resp.headers['X-Job-Id']}/result"
+    for method in ("GET", "POST"):
+        status, body, _ = await call(http, method, again, headers=AUTH)
+        assert (status, body) == (200, DATA)
+    assert server.counts["result"] == 1
+    assert server.counts["result_served"] == 1
+
+
+async def test_reattach_with_other_credentials_is_refused_by_the_upstream(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession
+) -> None:
+    server = await emu()
+    gateway = await gw(server.schedule_url)
+    _, _, resp = await call(
+        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
+    )
+    again = f"{gateway.url}/jobs/elastic/{resp.headers['X-Job-Id']}/result"
+    status, body, _ = await call(http, "GET", again, headers=OTHER_AUTH)
+    assert (status, body) == (403, {"message": "Forbidden"})
+    assert server.counts["result"] == 1
+
+
+async def test_reattach_to_a_job_the_gateway_never_saw_is_404(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession
+) -> None:
+    server = await emu()
+    gateway = await gw(server.schedule_url)
+    status, body, _ = await call(
+        http, "GET", f"{gateway.url}/jobs/elastic/{'0' * 32}/result", headers=AUTH
+    )
+    assert (status, body["error"]) == (404, "not_found")
+
+
+@pytest.mark.parametrize("burst_status", [503, 502, 429])
+async def test_poll_5xx_burst_is_retried_and_the_result_delivered(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession, burst_status: int
+) -> None:
+    server = await emu(poll_errors=8, burst_status=burst_status)
+    gateway = await gw(server.schedule_url)
+    status, body, _ = await call(
+        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
+    )
+    assert (status, body) == (200, DATA)
+    assert server.counts["poll"] >= 9
+    assert (server.counts["create"], server.counts["result"]) == (1, 1)
+
+
+async def test_result_503_is_read_again_only_after_the_upstream_says_ready(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession
+) -> None:
+    server = await emu(result_errors=1)
+    gateway = await gw(server.schedule_url)
+    status, body, _ = await call(
+        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
+    )
+    assert (status, body) == (200, DATA)
+    assert (server.counts["result"], server.counts["result_served"]) == (2, 1)
+    assert server.counts["poll"] == 2
+
+
+async def test_garbage_poll_answers_are_transient(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession
+) -> None:
+    server = await emu(garbage_polls=2)
+    gateway = await gw(server.schedule_url)
+    status, body, _ = await call(
+        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
+    )
+    assert (status, body) == (200, DATA)
+    assert server.counts["poll"] == 3
+
+
+@pytest.mark.parametrize("style", ["absolute-quoted", "absolute", "root-relative", "relative"])
+async def test_absolute_and_relative_locations_are_followed(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession, style: str
+) -> None:
+    server = await emu(location=style, duration=0.1, retry_after=0)
+    gateway = await gw(server.schedule_url)
+    status, body, _ = await call(
+        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
+    )
+    assert (status, body) == (200, DATA)
+    assert server.counts["result"] == 1
+
+
+async def test_immediate_result_without_location(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession
+) -> None:
+    server = await emu(immediate=True)
+    gateway = await gw(server.schedule_url)
+    status, body, resp = await call(
+        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
+    )
+    assert (status, body) == (200, DATA)
+    again = f"{gateway.url}/jobs/elastic/{resp.headers['X-Job-Id']}/result"
+    status, body, _ = await call(http, "GET", again, headers=AUTH)
+    assert (status, body) == (200, DATA)
+    assert (server.counts["create"], server.counts["poll"]) == (1, 0)
+
+
+async def test_credentials_do_not_follow_a_location_to_another_origin(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession
+) -> None:
+    server = await emu()
+    # The same emulator under two names: `localhost` is another origin than 127.0.0.1.
+    server.settings = LocationEmulatorSettings(location_origin=server.url)
+    gateway = await gw(f"http://localhost:{server.port}/v1/exec/schedule")
+    status, body, _ = await call(
+        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
+    )
+    assert (status, body) == (403, {"message": "Forbidden"})
+    poll = server.state.exchanges[1]
+    assert "Authorization" not in poll["request_headers"]
+
+
+# ---- pure helpers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "base", "expected"),
+    [
+        (
+            "'https://api.test/v1/exec/poll/1'",
+            "http://up.test/v1/exec/schedule",
+            "https://api.test/v1/exec/poll/1",
+        ),
+        ("https://api.test/v1/exec/poll/1", "http://x/", "https://api.test/v1/exec/poll/1"),
+        ("'https://a.test/p/1'", "http://x/", "https://a.test/p/1"),
+        ('"/v1/exec/poll/1"', "http://up.test/v1/exec/schedule", "http://up.test/v1/exec/poll/1"),
+        ("poll/1", "http://up.test/v1/exec/schedule", "http://up.test/v1/exec/poll/1"),
+        ("../result/1", "http://up.test/v1/exec/poll/1", "http://up.test/v1/exec/result/1"),
+        ("''", "http://x/", None),
+        (None, "http://x/", None),
+        ("ftp://x/y", "http://x/", None),
+    ],
+)
+def test_resolve_location(raw: str | None, base: str, expected: str | None) -> None:
+    assert resolve_location(raw, base) == expected
+
+
+# ---- recorded exchanges, replayed -----------------------------------------------------------
+
+
+def recording(name: str) -> list[dict[str, Any]]:
+    exchanges: list[dict[str, Any]] = orjson.loads((RECORDINGS / f"{name}.json").read_bytes())[
+        "exchanges"
+    ]
+    return exchanges
+
+
+def replay(mock: aioresponses, exchanges: list[dict[str, Any]]) -> None:
+    for ex in exchanges:
+        mock.add(
+            ex["url"],
+            method=ex["method"],
+            status=ex["status"],
+            headers=ex["headers"],
+            body=ex["body"].encode(),
+        )
+
+
+async def run_adapter(session: aiohttp.ClientSession) -> Snapshot | GatewayError:
+    """What the engine does with the adapter: create, then step until final."""
+    settings = UpstreamSettings(poll_max_interval=0.05)
+    route = RouteSettings(
+        "POST", "/exec/schedule", "location-poll", "http://upstream.test/v1/exec/schedule"
+    )
+    adapter = LocationPollAdapter(
+        "elastic", UpstreamClient(session, settings, Metrics()), settings, route
+    )
+    creds = Credentials(authorization=CREDENTIAL)
+    request = CreateRequest({}, MultiDict(), orjson.dumps(SEED_BODY), "application/json", creds)
+    try:
+        created = await adapter.create(request)
+    except GatewayError as exc:
+        return exc
+    for _ in range(10):
+        try:
+            progress = await adapter.step(created.ref, creds, 1.0)
+        except UpstreamRejected as exc:
+            return exc
+        except GatewayError:
+            continue  # transient: the engine steps again
+        if progress.snapshot is not None and progress.snapshot.finished:
+            return progress.snapshot
+    raise AssertionError("the replay never finished")
+
+
+REJECTED = {"message": "Rejected.", "reason": {"message": "Invalid account credentials"}}
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "body"),
+    [
+        ("success", 200, DATA),
+        ("rejected", 400, REJECTED),
+        ("expired", 404, {"message": "Expired."}),
+        ("poll_5xx_burst", 200, DATA),
+        ("garbage_poll", 200, DATA),
+        ("relative", 200, DATA),
+        ("immediate", 200, DATA),
+        ("create_rejected", 400, {"message": "Schedule failed"}),
+    ],
+)
+async def test_recorded_exchange_replays(name: str, status: int, body: Any) -> None:
+    exchanges = recording(name)
+    with aioresponses() as mock:
+        replay(mock, exchanges)
+        async with aiohttp.ClientSession() as session:
+            outcome = await run_adapter(session)
+        sent = [(m, str(u)) for (m, u), calls in mock.requests.items() for _ in calls]
+    if isinstance(outcome, Snapshot):
+        assert outcome.rendered is not None
+        assert (outcome.rendered.status, orjson.loads(outcome.rendered.body)) == (status, body)
+        assert outcome.size == len(outcome.rendered.body)
+    else:
+        assert isinstance(outcome, UpstreamRejected)
+        assert (outcome.status, orjson.loads(outcome.body)) == (status, body)
+    assert len(sent) == len(exchanges)  # every recorded answer used, nothing asked twice
+    assert sum("/exec/result/" in url for _, url in sent) <= 1
+
+
+def test_recordings_hold_no_machine_specific_origin() -> None:
+    for path in RECORDINGS.glob("*.json"):
+        text = path.read_text()
+        assert "127.0.0.1" not in text and "localhost" not in text, path.name
