@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from sync_gateway.answers import json_response
 from sync_gateway.config import Settings
 from sync_gateway.errors import (
     BadRequest,
@@ -25,7 +26,7 @@ from sync_gateway.errors import (
 )
 from sync_gateway.metrics import Metrics
 from sync_gateway.retention import MemoryStore, ResultStore
-from sync_gateway.routes import Handlers, json_response
+from sync_gateway.routes import Handlers
 from sync_gateway.upstream import build_route_adapter, route_name
 from sync_gateway.upstream.base import Adapter
 from sync_gateway.upstream.http import UpstreamClient
@@ -33,7 +34,7 @@ from sync_gateway.upstream.theeye import TheEyeAdapter
 from sync_gateway.waiting import Engine
 
 if TYPE_CHECKING:
-    from sync_gateway.redis_backend import RedisBackend
+    from sync_gateway.shared_store import RedisBackend
 
 log = structlog.get_logger("sync_gateway.app")
 
@@ -205,7 +206,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     client = UpstreamClient(session, settings.upstream, metrics)
     backend: RedisBackend | None = None
     if settings.store.backend == "redis":
-        from sync_gateway.redis_backend import RedisBackend  # redis stays an optional extra
+        from sync_gateway.shared_store import RedisBackend  # redis stays an optional extra
 
         backend = await RedisBackend.create(settings, metrics)
         app[REDIS] = backend

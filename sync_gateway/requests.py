@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -13,11 +14,12 @@ from multidict import CIMultiDictProxy, MultiMapping
 
 from sync_gateway.config import WaitSettings
 from sync_gateway.errors import BadRequest
-from sync_gateway.upstream.base import Credentials
+from sync_gateway.upstream.base import CreateRequest, Credentials
 
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*\"?(\d+)\"?\s*$", re.IGNORECASE)
 IDEMPOTENCY_KEY_MAX = 255
+CREDENTIAL_PARAMS = frozenset({"access_token", "apiKey"})
 
 # Supervisor defaults for a wait_result loop (core/service/job/create.js).
 SUPERVISOR_LIMIT = 10
@@ -152,3 +154,21 @@ def idempotency_key(headers: CIMultiDictProxy[str]) -> str | None:
             parameter="Idempotency-Key",
         )
     return key
+
+
+def idempotency_claim(adapter: str, create: CreateRequest) -> str:
+    """The store key of an ``Idempotency-Key``: the key, the caller, and what was asked.
+
+    A key reused for another request (another task, other arguments) is another job,
+    never the first request's answer."""
+    h = hashlib.sha256()
+    for part in (
+        adapter,
+        create.idempotency_key or "",
+        create.credentials.digest().hex(),
+        repr(sorted(create.params.items())),
+        repr(sorted((k, v) for k, v in create.query.items() if k not in CREDENTIAL_PARAMS)),
+    ):
+        h.update(part.encode("utf-8", "replace") + b"\x00")
+    h.update(create.body)
+    return h.hexdigest()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import hmac
 import time
-from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote
 
 import structlog
@@ -15,17 +14,11 @@ from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
 from sync_gateway import requests as rq
+from sync_gateway.answers import json_response, query_string, rendered_response
 from sync_gateway.config import Settings
 from sync_gateway.errors import Forbidden, NotFound, PayloadTooLarge, ServiceUnavailable
 from sync_gateway.metrics import Metrics
-from sync_gateway.render import (
-    JSON_CONTENT_TYPE,
-    Format,
-    FormatKind,
-    Rendered,
-    json_body,
-    render_job,
-)
+from sync_gateway.render import Format, FormatKind, render_job
 from sync_gateway.render import parse_format as _parse_format
 from sync_gateway.retention import ResultStore
 from sync_gateway.upstream.base import (
@@ -41,55 +34,18 @@ from sync_gateway.waiting import Engine, Watch
 log = structlog.get_logger("sync_gateway.routes")
 
 RETRY_AFTER_SECONDS = 1
-CREDENTIAL_PARAMS = frozenset({"access_token", "apiKey"})
 UNKNOWN = Snapshot(False, "in_progress", "")
 
 
-def query_string(items: Iterable[tuple[str, str]]) -> str:
-    """A query string whose valueless flags stay bare (``?parse&full``), as the seeds write."""
-    return "&".join(
-        quote(k, safe="") if v == "" else f"{quote(k, safe='')}={quote(v, safe='')}"
-        for k, v in items
-    )
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientCall:
+    """A parsed job-creating request."""
 
-
-def idempotency_claim(adapter: str, create: CreateRequest) -> str:
-    """The store key of an ``Idempotency-Key``: the key, the caller, and what was asked.
-
-    A key reused for another request (another task, other arguments) is another job,
-    never the first request's answer."""
-    h = hashlib.sha256()
-    for part in (
-        adapter,
-        create.idempotency_key or "",
-        create.credentials.digest().hex(),
-        repr(sorted(create.params.items())),
-        repr(sorted((k, v) for k, v in create.query.items() if k not in CREDENTIAL_PARAMS)),
-    ):
-        h.update(part.encode("utf-8", "replace") + b"\x00")
-    h.update(create.body)
-    return h.hexdigest()
-
-
-def json_response(
-    status: int, value: object, headers: Iterable[tuple[str, str]] = ()
-) -> web.Response:
-    resp = web.Response(status=status, body=json_body(value))
-    resp.headers["Content-Type"] = JSON_CONTENT_TYPE
-    for name, val in headers:
-        resp.headers[name] = val
-    return resp
-
-
-def rendered_response(rendered: Rendered, job_id: str) -> web.Response:
-    resp = web.Response(status=rendered.status, body=rendered.body)
-    resp.headers["Content-Type"] = rendered.content_type
-    for name, value in rendered.headers:
-        resp.headers.add(name, value)
-    resp.headers["X-Job-Id"] = job_id
-    if rendered.dropped:
-        log.info("task_headers_dropped", job_id=job_id, dropped=list(rendered.dropped))
-    return resp
+    create: CreateRequest
+    query: MultiMapping[str]
+    fmt: Format
+    budget: rq.Budget
+    body: Any
 
 
 class Handlers:
@@ -124,6 +80,21 @@ class Handlers:
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"the request body is over {limit} bytes", limit=limit) from None
 
+    async def _call(self, request: web.Request) -> ClientCall:
+        """Everything a job-creating request asks, validated before anything goes upstream."""
+        if self.engine.draining:
+            raise ServiceUnavailable("the gateway is shutting down; retry on another instance")
+        params = rq.path_ids(request.match_info)
+        query = request.query
+        fmt = self.parse_format(query)
+        budget = rq.budget(query, request.headers, self.settings.wait)
+        creds = rq.credentials(query, request.headers)
+        idem = rq.idempotency_key(request.headers)
+        body = await self.read_body(request)
+        parsed = rq.json_body(body)
+        create = CreateRequest(params, query, body, request.content_type, creds, idem)
+        return ClientCall(create, query, fmt, budget, parsed)
+
     # ---- job-creating routes -------------------------------------------------------------
 
     async def create_and_wait(self, request: web.Request) -> web.StreamResponse:
@@ -135,20 +106,13 @@ class Handlers:
         return await self._create(request, blocking=False)
 
     async def _create(self, request: web.Request, *, blocking: bool) -> web.StreamResponse:
-        if self.engine.draining:
-            raise ServiceUnavailable("the gateway is shutting down; retry on another instance")
-        params = rq.path_ids(request.match_info)
-        query = request.query
-        fmt = self.parse_format(query)
-        budget = rq.budget(query, request.headers, self.settings.wait)
-        creds = rq.credentials(query, request.headers)
+        call = await self._call(request)
+        params, query, fmt, budget = call.create.params, call.query, call.fmt, call.budget
+        wait_result = rq.wants_wait_result(query, call.body)
+        create = call.create
         if "secret" in params:
-            creds = dataclasses.replace(creds, secret=params["secret"])
-        idem = rq.idempotency_key(request.headers)
-        body = await self.read_body(request)
-        parsed = rq.json_body(body)
-        wait_result = rq.wants_wait_result(query, parsed)
-        create = CreateRequest(params, query, body, request.content_type, creds, idem)
+            creds = dataclasses.replace(create.credentials, secret=params["secret"])
+            create = dataclasses.replace(create, credentials=creds)
 
         ref, last, created, creds = await self._create_once(self.adapter, create)
         structlog.contextvars.bind_contextvars(job_id=ref.id)
@@ -172,7 +136,7 @@ class Handlers:
         idempotent replay) and the credentials the job is watched with."""
         key = None
         if create.idempotency_key is not None:
-            key = idempotency_claim(adapter.name, create)
+            key = rq.idempotency_claim(adapter.name, create)
             while (earlier := await self.store.claim(key)) is not None:
                 try:
                     ref = await asyncio.shield(earlier)
@@ -309,18 +273,9 @@ class Handlers:
 
     async def configured(self, request: web.Request, adapter: Adapter) -> web.StreamResponse:
         """A [[routes]] entry: create through ``adapter`` and block for its answer."""
-        if self.engine.draining:
-            raise ServiceUnavailable("the gateway is shutting down; retry on another instance")
-        params = rq.path_ids(request.match_info)
-        query = request.query
-        fmt = self.parse_format(query)
-        budget = rq.budget(query, request.headers, self.settings.wait)
-        creds = rq.credentials(query, request.headers)
-        idem = rq.idempotency_key(request.headers)
-        body = await self.read_body(request)
-        rq.json_body(body)
-        create = CreateRequest(params, query, body, request.content_type, creds, idem)
-        create = dataclasses.replace(create, credentials=adapter.credentials(create))
+        call = await self._call(request)
+        query, fmt, budget = call.query, call.fmt, call.budget
+        create = dataclasses.replace(call.create, credentials=adapter.credentials(call.create))
         ref, last, _, creds = await self._create_once(adapter, create)
         structlog.contextvars.bind_contextvars(job_id=ref.id)
         running = self.engine.watching(ref.key)
