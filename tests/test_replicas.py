@@ -20,9 +20,9 @@ import pytest
 from conftest import CUSTOMER, DELAY_TASK, TOKEN, Gateway, gateway_settings, start_gateway
 from test_store import RedisServer, running_redis
 
-from sync_gateway import redis_backend
 from sync_gateway.app import ENGINE, METRICS, REDIS
 from sync_gateway.emulator import EmulatorServer
+from sync_gateway.shared_store import backend as shared_store_backend
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 DELAY_OUTPUT = ['{"ok":true}']
@@ -53,7 +53,7 @@ async def replicas(
     emulator: EmulatorServer, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[list[Gateway]]:
     """Two replicas, A and B; a short lease so that a dead replica's watch is taken over soon."""
-    monkeypatch.setattr(redis_backend, "LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(shared_store_backend, "LEASE_SECONDS", 1.0)
     settings = gateway_settings(
         emulator.url,
         store={"backend": "redis", "url": redis_server.url},

@@ -19,9 +19,9 @@ import pytest
 from conftest import gateway_settings
 
 from sync_gateway.metrics import Metrics
-from sync_gateway.redis_backend import RedisBackend
 from sync_gateway.render import Rendered
 from sync_gateway.retention import MemoryStore, ResultStore, Retained
+from sync_gateway.shared_store import RedisBackend
 from sync_gateway.upstream.base import Credentials, JobRef, Snapshot
 
 OWNER = Credentials(access_token="demo-token").digest()
