@@ -122,6 +122,7 @@ class Handlers:
         if not blocking:
             return self._pass_through(ref, created)
         watch = self.engine.watch(ref, creds, last)
+        del call, create, created, last  # nothing of the create is needed while waiting
         prefer = budget.applied
         if budget.respond_async:
             return self._accepted(ref, watch.last, fmt, query, prefer)
@@ -282,6 +283,7 @@ class Handlers:
         if running is not None:  # an upstream job id reused: only its owner may attach
             await self.engine.authorize(running.ref, running.owner, creds)
         watch = self.engine.watch(ref, creds, last)
+        del call, create, last  # nothing of the create is needed while waiting
         if budget.respond_async:
             return self._accepted(ref, watch.last, fmt, query, budget.applied)
         return await self._wait_and_answer(watch, fmt, budget.seconds, query, budget.applied)

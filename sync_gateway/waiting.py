@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import time
 from collections.abc import Coroutine, Mapping
@@ -28,6 +29,11 @@ log = structlog.get_logger("sync_gateway.waiting")
 
 # Errors after which watching again cannot help: the waiters get them as they are.
 TERMINAL_ERRORS = (UpstreamRejected, ResultTooLarge)
+
+
+def _wake(waiter: asyncio.Future[None], *_: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Coordinator(Protocol):
@@ -102,6 +108,7 @@ class Engine:
         self._drain_over: asyncio.Future[None] = self._loop.create_future()
         self.draining = False
         self._background: set[asyncio.Task[None]] = set()
+        self._waiters: set[asyncio.Future[None]] = set()
 
     # ---- watches -------------------------------------------------------------------------
 
@@ -114,6 +121,10 @@ class Engine:
         found = self._watches.get(ref.key)
         if found is not None:
             return found
+        if not last.finished and last.rendered is None:
+            # Waiting needs only state and lifecycle (the 202 summary): pinning the created
+            # document for every waiting job would cost kilobytes each.
+            last = Snapshot(False, last.state, last.lifecycle)
         w = Watch(ref, credentials, credentials.digest(), last, self._loop.create_future())
         self._watches[ref.key] = w
         w.task = self._loop.create_task(self._run(w), name=f"watch:{ref.key}")
@@ -227,18 +238,27 @@ class Engine:
         """
         if w.future.done():
             return w.future.result()
+        # One small future per waiter, woken by the watch, its budget timer or the drain;
+        # lighter than asyncio.wait, and the drain wakes waiters from a set, not a callback
+        # list every waiter would have to be removed from.
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        if self._drain_over.done():
+            waiter.set_result(None)
+        wake = functools.partial(_wake, waiter)
+        w.future.add_done_callback(wake)
+        self._waiters.add(waiter)
+        timer = self._loop.call_later(max(budget, 0.0), _wake, waiter)
         w.waiters += 1
         self.metrics.active_waiters.inc()
         try:
-            await asyncio.wait(
-                (w.future, self._drain_over),
-                timeout=max(budget, 0.0),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            await waiter
         except asyncio.CancelledError:
             self._on_hang_up(w)
             raise
         finally:
+            timer.cancel()
+            self._waiters.discard(waiter)
+            w.future.remove_done_callback(wake)
             w.waiters -= 1
             self.metrics.active_waiters.dec()
         return w.future.result() if w.future.done() else None
@@ -284,19 +304,20 @@ class Engine:
         self.draining = True
         log.info("drain_started", waiters=self.waiter_count(), seconds=seconds)
 
-        def over() -> None:
-            if not self._drain_over.done():
-                self._drain_over.set_result(None)
+        self._loop.call_later(seconds, self._end_drain)
 
-        self._loop.call_later(seconds, over)
+    def _end_drain(self) -> None:
+        if not self._drain_over.done():
+            self._drain_over.set_result(None)
+        for waiter in list(self._waiters):
+            _wake(waiter)
 
     def waiter_count(self) -> int:
         return sum(w.waiters for w in self._watches.values())
 
     async def close(self) -> None:
         """Stop every watch (on shutdown, after the drain)."""
-        if not self._drain_over.done():
-            self._drain_over.set_result(None)
+        self._end_drain()
         tasks = [w.task for w in self._watches.values() if w.task is not None]
         tasks += list(self._background)
         for task in tasks:
