@@ -1,9 +1,13 @@
-"""Command line: ``serve``, ``demo``, ``emulator``, ``check-config``."""
+"""Command line: ``serve``, ``demo``, ``emulator``, ``check-config``.
+
+Heavy imports (aiohttp, structlog, prometheus-client) happen inside the commands: the parent
+of ``serve --workers N`` only forks and waits, and should not hold tens of megabytes of
+modules it never uses.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import signal
@@ -11,17 +15,21 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import orjson
-import structlog
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from sync_gateway import __version__
-from sync_gateway import logging as gw_logging
 from sync_gateway.config import ConfigError, Settings, load, redacted
 
-log = structlog.get_logger("sync_gateway.cli")
+if TYPE_CHECKING:
+    from sync_gateway.emulator import EmulatorSettings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    from sync_gateway import logging as gw_logging
+
+    gw_logging.configure(level, fmt)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -43,6 +51,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _use_uvloop() -> None:
+    import asyncio
+
     with contextlib.suppress(ImportError):
         import uvloop  # type: ignore[import-not-found,unused-ignore]
 
@@ -60,11 +70,14 @@ def _raise_open_files_limit() -> None:
 
 
 def _run_gateway(settings: Settings, sock: socket.socket | None = None) -> None:
+    import structlog
+    from aiohttp import web
+
     from sync_gateway.app import create_app
 
     _raise_open_files_limit()
     server = settings.server
-    log.info(
+    structlog.get_logger("sync_gateway.cli").info(
         "gateway_listening",
         url=f"http://{server.host}:{server.port}",
         upstream=settings.upstream.url,
@@ -85,15 +98,18 @@ def _run_gateway(settings: Settings, sock: socket.socket | None = None) -> None:
 
 
 def _worker(settings: Settings) -> None:
-    gw_logging.configure(settings.log.level, settings.log.format)
+    # A forked worker inherits the parent's forwarding handlers; aiohttp installs its own.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _configure_logging(settings.log.level, settings.log.format)
     _use_uvloop()
     _run_gateway(settings)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    gw_logging.configure(settings.log.level, settings.log.format)
     if settings.server.workers <= 1:
+        _configure_logging(settings.log.level, settings.log.format)
         _use_uvloop()
         _run_gateway(settings)
         return 0
@@ -110,16 +126,14 @@ def _serve_workers(settings: Settings) -> int:
     import shutil
     import tempfile
 
-    from prometheus_client import multiprocess
-
-    from sync_gateway.metrics import MULTIPROC_ENV
-
     made: str | None = None
     if not os.environ.get(MULTIPROC_ENV):
         made = tempfile.mkdtemp(prefix="sync-gateway-metrics-")
         os.environ[MULTIPROC_ENV] = made  # inherited by the spawned workers
     metrics_dir = os.environ[MULTIPROC_ENV]
-    ctx = multiprocessing.get_context("spawn")
+    # fork: the parent has imported neither asyncio nor aiohttp (no loop, no threads), so the
+    # workers start from a small shared image, and fork starts no resource-tracker process.
+    ctx = multiprocessing.get_context("fork")
     procs = [
         ctx.Process(target=_worker, args=(settings,), name=f"sync-gateway-{i}")
         for i in range(settings.server.workers)
@@ -147,6 +161,8 @@ def _serve_workers(settings: Settings) -> int:
             proc.join()
             codes.append(proc.exitcode or 0)
             if proc.pid is not None:  # its live gauges stop counting
+                from prometheus_client import multiprocess
+
                 multiprocess.mark_process_dead(proc.pid, metrics_dir)  # type: ignore[no-untyped-call]
     finally:
         if made is not None:
@@ -156,15 +172,19 @@ def _serve_workers(settings: Settings) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    import orjson
+
     settings = load(args.file, os.environ, {})
     sys.stdout.write(orjson.dumps(redacted(settings), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
+    import asyncio
+
     from sync_gateway.emulator import EmulatorSettings, run_emulator
 
-    gw_logging.configure("info", "auto")
+    _configure_logging("info", "auto")
     settings = EmulatorSettings(
         recipe=Path(args.recipe) if args.recipe else None, min_timeout=args.min_timeout
     )
@@ -202,16 +222,22 @@ Ctrl-C stops both.
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
     from sync_gateway.emulator import EmulatorSettings
 
-    gw_logging.configure("warning", "auto")
+    _configure_logging("warning", "auto")
     emulator_settings = EmulatorSettings(min_timeout=1.0)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_demo(emulator_settings, args.host, args.port, args.emulator_port))
     return 0
 
 
-async def _demo(emu_settings: Any, host: str, port: int, emulator_port: int) -> None:
+async def _demo(emu_settings: EmulatorSettings, host: str, port: int, emulator_port: int) -> None:
+    import asyncio
+
+    from aiohttp import web
+
     from sync_gateway.app import create_app
     from sync_gateway.emulator import EmulatorServer
 
