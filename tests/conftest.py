@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient
+from aioresponses import aioresponses
 
 from sync_gateway.app import create_app
 from sync_gateway.config import Settings, load
@@ -27,6 +30,9 @@ CRASH_TASK = "65a000000000000000000004"
 TIMEOUT_TASK = "65a000000000000000000005"
 INSTANT_TASK = "65a000000000000000000006"
 DELAY_TASK = "65a000000000000000000007"  # finishes after N seconds (arg), no subprocess
+OTHER_HELLO_TASK = "65a000000000000000000008"  # customer "other"
+UPSTREAM = "http://upstream.test"  # the recordings' upstream, served by aioresponses
+FAST_POLL = {"poll_interval": 0.05, "poll_max_interval": 0.2}
 
 
 @dataclass
@@ -59,30 +65,43 @@ def gateway_settings(upstream_url: str, **sections: dict[str, Any]) -> Settings:
 
 
 @pytest.fixture
-async def emulator() -> AsyncIterator[EmulatorServer]:
-    server = EmulatorServer(EmulatorSettings(min_timeout=0.2))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
+async def cleanup() -> AsyncIterator[AsyncExitStack]:
+    """What a test starts through this is stopped at its end, the last started first."""
+    async with AsyncExitStack() as stack:
+        yield stack
+
+
+async def started_gateway(cleanup: AsyncExitStack, settings: Settings) -> Gateway:
+    gw = await start_gateway(settings)
+    cleanup.push_async_callback(gw.stop)
+    return gw
 
 
 @pytest.fixture
-async def make_gateway() -> AsyncIterator[Callable[..., Any]]:
+async def emulator() -> AsyncIterator[EmulatorServer]:
+    async with EmulatorServer(EmulatorSettings(min_timeout=0.2)) as server:
+        yield server
+
+
+@pytest.fixture
+def make_gateway(cleanup: AsyncExitStack) -> Callable[..., Any]:
     """Start gateways with settings overrides; all are stopped at the end of the test."""
-    started: list[Gateway] = []
 
     async def make(upstream_url: str, **sections: dict[str, Any]) -> Gateway:
-        gw = await start_gateway(gateway_settings(upstream_url, **sections))
-        started.append(gw)
-        return gw
+        return await started_gateway(cleanup, gateway_settings(upstream_url, **sections))
 
-    try:
-        yield make
-    finally:
-        for gw in started:
-            await gw.stop()
+    return make
+
+
+@pytest.fixture
+def route_gateway(cleanup: AsyncExitStack) -> Callable[..., Awaitable[Gateway]]:
+    """Start gateways serving one configured route (``routes`` entry), polling fast."""
+
+    async def make(**route: str) -> Gateway:
+        settings = load(None, {}, {"upstream": FAST_POLL, "routes": [route]})
+        return await started_gateway(cleanup, settings)
+
+    return make
 
 
 @pytest.fixture
@@ -95,3 +114,20 @@ async def gateway(emulator: EmulatorServer, make_gateway: Callable[..., Any]) ->
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+def upstream() -> Iterator[aioresponses]:
+    """The recordings' upstream: aioresponses, with the loopback (the gateway) passed through."""
+    with aioresponses(passthrough=["http://127.0.0.1"]) as mock:
+        yield mock
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Callable[..., Any], upstream: aioresponses
+) -> AsyncIterator[TestClient[Any, Any]]:
+    """A gateway in front of :func:`upstream`."""
+    app = create_app(gateway_settings(UPSTREAM))
+    test_client: TestClient[Any, Any] = await aiohttp_client(app)
+    yield test_client

@@ -11,37 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from aioresponses import aioresponses
-from conftest import HELLO_TASK, TOKEN, Gateway, gateway_settings
-from test_gateway_replay import UPSTREAM, document, serve_finished_document
+from conftest import HELLO_TASK, TOKEN, UPSTREAM, Gateway
+from helpers import document, serve_finished_document
 from yarl import URL
 
-from sync_gateway.app import create_app
 from sync_gateway.emulator import EmulatorServer
 
 TASK = "64ac0b46c06feba9b89ad795"
 JOB = "6b04575e3ea72b560eb2dfb3"
-
-
-@pytest.fixture
-def upstream() -> Iterator[aioresponses]:
-    with aioresponses(passthrough=["http://127.0.0.1"]) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def client(
-    aiohttp_client: Callable[..., Any], upstream: aioresponses
-) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_app(gateway_settings(UPSTREAM))
-    test_client: TestClient[Any, Any] = await aiohttp_client(app)
-    yield test_client
 
 
 def assert_json_error(status: int, content_type: str, body: bytes) -> dict[str, Any]:
@@ -52,6 +36,17 @@ def assert_json_error(status: int, content_type: str, body: bytes) -> dict[str, 
     payload: dict[str, Any] = json.loads(body)
     assert isinstance(payload["error"], str) and payload["error"]
     assert isinstance(payload["message"], str) and payload["message"]
+    return payload
+
+
+async def assert_refused(
+    resp: aiohttp.ClientResponse, upstream: aioresponses, status: int = 400
+) -> dict[str, Any]:
+    """A JSON error answered before anything went upstream: its payload."""
+    body = await resp.read()
+    assert resp.status == status
+    payload = assert_json_error(resp.status, resp.headers["Content-Type"], body)
+    assert upstream.requests == {}
     return payload
 
 
@@ -185,12 +180,7 @@ async def test_bad_query_value_on_create_answers_400_naming_it(
     client: TestClient[Any, Any], upstream: aioresponses, query: str, parameter: str
 ) -> None:
     resp = await client.post(f"/demo/task/{TASK}/job?{query}&access_token={TOKEN}", data=b"[1]")
-    body = await resp.read()
-    assert resp.status == 400
-    assert assert_json_error(resp.status, resp.headers["Content-Type"], body)["parameter"] == (
-        parameter
-    )
-    assert upstream.requests == {}
+    assert (await assert_refused(resp, upstream))["parameter"] == parameter
 
 
 @pytest.mark.parametrize(
@@ -208,12 +198,7 @@ async def test_bad_query_value_on_reattach_answers_400_naming_it(
     client: TestClient[Any, Any], upstream: aioresponses, method: str, query: str, parameter: str
 ) -> None:
     resp = await client.request(method, f"/job/{JOB}/result?{query}&access_token={TOKEN}")
-    body = await resp.read()
-    assert resp.status == 400
-    assert assert_json_error(resp.status, resp.headers["Content-Type"], body)["parameter"] == (
-        parameter
-    )
-    assert upstream.requests == {}
+    assert (await assert_refused(resp, upstream))["parameter"] == parameter
 
 
 @pytest.mark.parametrize(
@@ -226,10 +211,7 @@ async def test_bad_header_value_answers_400_naming_it(
     resp = await client.post(
         f"/demo/task/{TASK}/job?access_token={TOKEN}", data=b"[1]", headers={name: value}
     )
-    body = await resp.read()
-    assert resp.status == 400
-    assert assert_json_error(resp.status, resp.headers["Content-Type"], body)["parameter"] == name
-    assert upstream.requests == {}
+    assert (await assert_refused(resp, upstream))["parameter"] == name
 
 
 # -- bodies -------------------------------------------------------------------------------------
@@ -248,10 +230,7 @@ async def test_body_that_is_not_a_json_array_or_object_answers_400(
         data=body,
         headers={"Content-Type": "application/json"},
     )
-    data = await resp.read()
-    assert resp.status == 400
-    assert assert_json_error(resp.status, resp.headers["Content-Type"], data)["parameter"] == "body"
-    assert upstream.requests == {}
+    assert (await assert_refused(resp, upstream))["parameter"] == "body"
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
@@ -308,11 +287,8 @@ async def test_unknown_route_and_wrong_method_answer_json(
     client: TestClient[Any, Any], upstream: aioresponses, method: str, path: str, status: int
 ) -> None:
     resp = await client.request(method, path)
-    body = await resp.read()
-    assert resp.status == status
-    payload = assert_json_error(resp.status, resp.headers["Content-Type"], body)
+    payload = await assert_refused(resp, upstream, status)
     assert payload["error"] == ("not_found" if status == 404 else "method_not_allowed")
-    assert upstream.requests == {}
 
 
 # -- response objects from the task: headers and status codes -----------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import CUSTOMER, DELAY_TASK, INSTANT_TASK, TOKEN, Gateway
+from helpers import stats
 
 from sync_gateway.app import ENGINE
 from sync_gateway.emulator import EmulatorServer
@@ -27,13 +28,6 @@ OUTPUT = ['{"ok":true}']  # what the Instant and Delay tasks answer
 def max_reads(job_seconds: float) -> int:
     """Result requests one watch may send for a job of this length."""
     return 1 + math.ceil(job_seconds / LONG_POLL_SECONDS)
-
-
-async def stats(emulator: EmulatorServer, http: aiohttp.ClientSession) -> dict[str, Any]:
-    async with http.get(f"{emulator.url}/_emulator/stats") as resp:
-        assert resp.status == 200
-        result: dict[str, Any] = await resp.json()
-        return result
 
 
 def waiters(gw: Gateway, job_id: str) -> int:
@@ -96,7 +90,7 @@ async def test_a_short_job_costs_one_create_and_one_read(
     ) as resp:
         assert resp.status == 200
         assert await resp.json() == OUTPUT
-    counts = await stats(emulator, http)
+    counts = await stats(http, emulator)
     assert (counts["create"], counts["result"], counts["job"]) == (1, 1, 0)
     assert counts["total"] == 2
 
@@ -121,7 +115,7 @@ async def test_fifty_reattaches_and_the_creator_share_one_watch(
         answers = await asyncio.gather(*calls)
     assert peak == 51  # they really waited together, on one watch
     assert answers == [(200, OUTPUT)] * 51
-    assert_one_watch(await stats(emulator, http), job_id, seconds)
+    assert_one_watch(await stats(http, emulator), job_id, seconds)
 
 
 async def test_a_waiter_that_hangs_up_does_not_stop_the_watch_for_the_others(
@@ -137,7 +131,7 @@ async def test_a_waiter_that_hangs_up_does_not_stop_the_watch_for_the_others(
         await until(lambda: waiters(gw, job_id) == 3, "the gateway to see the hang-up")
     assert gw.app[ENGINE].watching(f"theeye:{job_id}") is not None  # still watched
     assert await asyncio.gather(*stayers) == [(200, OUTPUT)] * 3
-    assert_one_watch(await stats(emulator, http), job_id, seconds)
+    assert_one_watch(await stats(http, emulator), job_id, seconds)
 
 
 async def test_the_creator_hanging_up_keeps_the_watch_for_a_reattach(
@@ -146,7 +140,7 @@ async def test_the_creator_hanging_up_keeps_the_watch_for_a_reattach(
     seconds = 1.5
 
     async def created_job() -> str:
-        per_job = (await stats(emulator, http))["per_job"]
+        per_job = (await stats(http, emulator))["per_job"]
         return next(iter(per_job), "")
 
     async with aiohttp.ClientSession() as own:
@@ -167,7 +161,7 @@ async def test_the_creator_hanging_up_keeps_the_watch_for_a_reattach(
         creator.cancel()
         await until(lambda: waiters(gw, job_id) == 0, "the gateway to see the hang-up")
     assert await reattach(gw, http, job_id) == (200, OUTPUT)
-    assert_one_watch(await stats(emulator, http), job_id, seconds)
+    assert_one_watch(await stats(http, emulator), job_id, seconds)
 
 
 async def test_idempotent_retries_share_one_job_and_one_watch(
@@ -188,7 +182,7 @@ async def test_idempotent_retries_share_one_job_and_one_watch(
     job_ids = {job_id for _, job_id, _ in answers}
     assert len(job_ids) == 1
     assert [(status, body) for status, _, body in answers] == [(200, OUTPUT)] * 20
-    assert_one_watch(await stats(emulator, http), job_ids.pop(), seconds)
+    assert_one_watch(await stats(http, emulator), job_ids.pop(), seconds)
 
 
 async def test_the_wait_result_loop_adds_no_upstream_requests(
@@ -205,4 +199,4 @@ async def test_the_wait_result_loop_adds_no_upstream_requests(
         assert await resp.json() == OUTPUT
         assert resp.history  # it went through the 303 loop
         job_id = resp.headers["X-Job-Id"]
-    assert_one_watch(await stats(emulator, http), job_id, seconds)
+    assert_one_watch(await stats(http, emulator), job_id, seconds)

@@ -11,49 +11,32 @@ from urllib.parse import parse_qsl, urlsplit
 import aiohttp
 import orjson
 import pytest
+from conftest import (
+    API_TEST_FLAT_TASK,
+    API_TEST_TASK,
+    CRASH_TASK,
+    DELAY_TASK,
+    HELLO_TASK,
+    INSTANT_TASK,
+    LARGE_TASK,
+    OTHER_HELLO_TASK,
+    REST_TASK,
+    SLOW_TASK,
+    TIMEOUT_TASK,
+    TOKEN,
+)
+from seeds import (
+    ISO,
+    REGIMEN,
+    SEED_FAILURE_OUTPUT,
+    SEED_FAILURE_PARSE,
+    SEED_SUCCESS_OUTPUT,
+    SEED_SUCCESS_PARSE,
+)
 
 from sync_gateway.emulator import EmulatorServer, EmulatorSettings, load_recipe
 
-REST = "64ac0b46c06feba9b89ad795"
-API_TEST = "6538069b3a10575075d0ccb5"
-API_TEST_FLAT = "6538069b3a10575075d0ccc1"
-HELLO = "65a000000000000000000001"
-SLOW = "65a000000000000000000002"
-LARGE = "65a000000000000000000003"
-CRASH = "65a000000000000000000004"
-TIMEOUT = "65a000000000000000000005"
-INSTANT = "65a000000000000000000006"
-DELAY = "65a000000000000000000007"
-OTHER_HELLO = "65a000000000000000000008"
-TOKEN = "demo-token"
 RECIPE = load_recipe()
-
-SEED_FAILURE_PARSE = (
-    b'{"message":"Validation Error. Invalid Argument Value","statusCode":418,'
-    b'"name":"ClientError","code":"","status":418}'
-)
-SEED_FAILURE_OUTPUT = (
-    b'["{\\"message\\":\\"Validation Error. Invalid Argument Value\\",\\"statusCode\\":418,'
-    b'\\"name\\":\\"ClientError\\",\\"code\\":\\"\\",\\"status\\":418}"]'
-)
-REGIMEN = {
-    "regimen_id": "operaciones_cambio_apartado_a",
-    "regla_fecha_vencimiento": "byLabourDay",
-    "fecha": "2023-01-02T00:00:00.000Z",
-    "status": "por_vencer",
-    "periodo_origen": "01-01-2023",
-    "periodo_www3": "20230101",
-    "prorroga": False,
-    "createdAt": "2023-10-02T19:53:40.998Z",
-    "updatedAt": "2023-10-02T19:53:40.998Z",
-    "id": "651b1fc444587926e420dc37",
-    "area": "Securities",
-    "nro_en_www3": "14_1",
-    "nombre_en_w3": "OPERACIONES DE CAMBIO",
-    "tipo_de_regimen": "Obligatorio",
-    "regimen": "Operaciones de Cambio (R.I. - O.C.) - Apartado A ",
-}
-ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 
 
 def settings(**kw: Any) -> EmulatorSettings:
@@ -64,18 +47,8 @@ def settings(**kw: Any) -> EmulatorSettings:
 
 @pytest.fixture
 async def emu() -> AsyncIterator[EmulatorServer]:
-    server = EmulatorServer(settings())
-    await server.start()
-    try:
+    async with EmulatorServer(settings()) as server:
         yield server
-    finally:
-        await server.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def create(
@@ -114,22 +87,20 @@ async def finished(emu: EmulatorServer, job_id: str) -> None:
 async def test_rest_api_response_success_formats(
     emu: EmulatorServer, http: aiohttp.ClientSession
 ) -> None:
-    doc = await create(http, emu, REST, [100])
+    doc = await create(http, emu, REST_TASK, [100])
     assert doc["state"] == "in_progress" and doc["lifecycle"] == "ready"
     assert re.fullmatch(r"[0-9a-f]{24}", doc["id"]) and re.fullmatch(r"[0-9a-f]{64}", doc["secret"])
-    assert doc["_type"] == "ScriptJob" and doc["task_id"] == REST and doc["origin"] == "user"
-    assert orjson.loads(doc["env"]["THEEYE_JOB"]) == {"id": doc["id"], "task_id": REST}
+    assert doc["_type"] == "ScriptJob" and doc["task_id"] == REST_TASK and doc["origin"] == "user"
+    assert orjson.loads(doc["env"]["THEEYE_JOB"]) == {"id": doc["id"], "task_id": REST_TASK}
     assert re.fullmatch(ISO, doc["creation_date"]) and doc["timeout"] == 600000
     assert doc["task_arguments_values"] == [100] and doc["customer_name"] == "demo"
 
     status, body, resp = await result(http, emu, doc["id"], "output")
     assert status == 200 and resp.content_type == "application/json"
-    assert re.fullmatch(
-        rb'\["\{\\"name\\":\\"tomer\\",\\"date\\":\\"' + ISO.encode() + rb'\\"\}"\]', body
-    )
+    assert re.fullmatch(SEED_SUCCESS_OUTPUT, body)
     status, body, _ = await result(http, emu, doc["id"], "parse")
     assert status == 200
-    assert re.fullmatch(rb'\{"name":"tomer","date":"' + ISO.encode() + rb'"\}', body)
+    assert re.fullmatch(SEED_SUCCESS_PARSE, body)
     status, body, _ = await result(http, emu, doc["id"])  # the supervisor's default is parse
     assert status == 200 and orjson.loads(body)["name"] == "tomer"
     status, body, _ = await result(http, emu, doc["id"], "result")
@@ -143,7 +114,7 @@ async def test_rest_api_response_success_formats(
 
 
 async def test_rest_api_response_failure(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
-    doc = await create(http, emu, REST, [200])
+    doc = await create(http, emu, REST_TASK, [200])
     status, body, _ = await result(http, emu, doc["id"], "output")
     assert (status, body) == (500, SEED_FAILURE_OUTPUT)
     status, body, _ = await result(http, emu, doc["id"], "parse")
@@ -154,7 +125,7 @@ async def test_rest_api_response_failure(emu: EmulatorServer, http: aiohttp.Clie
 
 
 async def test_api_test_nested_response(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
-    doc = await create(http, emu, API_TEST)
+    doc = await create(http, emu, API_TEST_TASK)
     status, body, resp = await result(http, emu, doc["id"], "parse")
     assert status == 201 and resp.headers["TheEyeJobId"] == doc["id"]
     assert orjson.loads(body) == REGIMEN
@@ -167,7 +138,7 @@ async def test_api_test_nested_response(emu: EmulatorServer, http: aiohttp.Clien
 
 
 async def test_api_test_flat_form(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
-    doc = await create(http, emu, API_TEST_FLAT)
+    doc = await create(http, emu, API_TEST_FLAT_TASK)
     status, body, _ = await result(http, emu, doc["id"], "output")
     (line,) = orjson.loads(body)
     expected = orjson.dumps(
@@ -190,7 +161,7 @@ async def test_api_test_flat_form(emu: EmulatorServer, http: aiohttp.ClientSessi
 
 async def test_wait_result_query_loop(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
     query = f"access_token={TOKEN}&limit=50&timeout=0.2&wait_result=true&parse"
-    url = f"{emu.url}/task/{SLOW}/job?{query}"
+    url = f"{emu.url}/task/{SLOW_TASK}/job?{query}"
     async with http.post(url, json=[1], allow_redirects=False) as resp:
         assert resp.status == 303
         doc = await resp.json()
@@ -218,7 +189,7 @@ async def test_wait_result_query_loop(emu: EmulatorServer, http: aiohttp.ClientS
 async def test_wait_result_body_and_408_at_limit(
     emu: EmulatorServer, http: aiohttp.ClientSession
 ) -> None:
-    url = f"{emu.url}/task/{SLOW}/job?access_token={TOKEN}"
+    url = f"{emu.url}/task/{SLOW_TASK}/job?access_token={TOKEN}"
     async with http.post(
         url, json={"task_arguments": [30], "wait_result": True}, allow_redirects=False
     ) as resp:
@@ -246,7 +217,7 @@ async def test_wait_result_body_and_408_at_limit(
 async def test_instant_job_answers_after_redirect(
     emu: EmulatorServer, http: aiohttp.ClientSession
 ) -> None:
-    url = f"{emu.url}/demo/task/{INSTANT}/job?access_token={TOKEN}&wait_result=true&timeout=5"
+    url = f"{emu.url}/demo/task/{INSTANT_TASK}/job?access_token={TOKEN}&wait_result=true&timeout=5"
     async with http.post(url) as resp:  # aiohttp follows the 303 with a GET
         assert resp.status == 200 and await resp.json() == {"ok": True}
 
@@ -255,10 +226,10 @@ async def test_instant_job_answers_after_redirect(
 
 
 async def test_secret_routes(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
-    secret = RECIPE.tasks[HELLO].secret
+    secret = RECIPE.tasks[HELLO_TASK].secret
     for path in (
-        f"/task/{HELLO}/secret/{secret}/job",
-        f"/whatever/task/{HELLO}/secret/{secret}/job",
+        f"/task/{HELLO_TASK}/secret/{secret}/job",
+        f"/whatever/task/{HELLO_TASK}/secret/{secret}/job",
     ):
         async with http.post(f"{emu.url}{path}?wait_result=true", allow_redirects=False) as resp:
             assert resp.status == 303
@@ -269,9 +240,9 @@ async def test_secret_routes(emu: EmulatorServer, http: aiohttp.ClientSession) -
         assert location == f"{path}?wait_result=true&counter=0&limit=10&timeout=10"
         async with http.get(emu.url + location) as resp:
             assert resp.status == 200 and await resp.json() == {"message": "Hello world!"}
-    async with http.post(f"{emu.url}/task/{HELLO}/secret/{'0' * 64}/job") as resp:
+    async with http.post(f"{emu.url}/task/{HELLO_TASK}/secret/{'0' * 64}/job") as resp:
         assert resp.status == 403
-    async with http.post(f"{emu.url}/task/{HELLO}/secret/short/job") as resp:
+    async with http.post(f"{emu.url}/task/{HELLO_TASK}/secret/short/job") as resp:
         assert resp.status == 403
     async with http.post(f"{emu.url}/task/{'f' * 24}/secret/{secret}/job") as resp:
         assert resp.status == 404
@@ -281,23 +252,23 @@ async def test_secret_routes(emu: EmulatorServer, http: aiohttp.ClientSession) -
 
 async def test_auth_errors(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
     u = emu.url
-    async with http.post(f"{u}/demo/task/{HELLO}/job") as resp:
+    async with http.post(f"{u}/demo/task/{HELLO_TASK}/job") as resp:
         assert resp.status == 401 and (await resp.json())["message"] == "Unauthorized"
-    async with http.post(f"{u}/task/{HELLO}/job?access_token=nope") as resp:
+    async with http.post(f"{u}/task/{HELLO_TASK}/job?access_token=nope") as resp:
         assert resp.status == 401
-    async with http.post(f"{u}/demo/task/{HELLO}/job?access_token=other-token") as resp:
+    async with http.post(f"{u}/demo/task/{HELLO_TASK}/job?access_token=other-token") as resp:
         assert resp.status == 403
     async with http.post(f"{u}/demo/task/{'a' * 24}/job?access_token={TOKEN}") as resp:
         assert resp.status == 404
-    async with http.post(f"{u}/task/{OTHER_HELLO}/job?access_token={TOKEN}") as resp:
+    async with http.post(f"{u}/task/{OTHER_HELLO_TASK}/job?access_token={TOKEN}") as resp:
         assert resp.status == 404
     async with http.post(
-        f"{u}/task/{HELLO}/job", headers={"Authorization": f"Bearer {TOKEN}"}, data=b"[1,2]"
+        f"{u}/task/{HELLO_TASK}/job", headers={"Authorization": f"Bearer {TOKEN}"}, data=b"[1,2]"
     ) as resp:
         assert resp.status == 200
         job = await resp.json()
     assert job["task_arguments_values"] == [1, 2]
-    async with http.post(f"{u}/task/{HELLO}/job?access_token={TOKEN}", data=b"{nope") as resp:
+    async with http.post(f"{u}/task/{HELLO_TASK}/job?access_token={TOKEN}", data=b"{nope") as resp:
         assert resp.status == 400
     async with http.get(f"{u}/demo/job/{job['id']}?access_token=other-token") as resp:
         assert resp.status == 403
@@ -319,7 +290,7 @@ async def test_auth_errors(emu: EmulatorServer, http: aiohttp.ClientSession) -> 
 
 
 async def test_cancel(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
-    doc = await create(http, emu, SLOW, [30])
+    doc = await create(http, emu, SLOW_TASK, [30])
     cancel_url = f"{emu.url}/demo/job/{doc['id']}/cancel?access_token={TOKEN}"
     async with http.put(cancel_url) as resp:
         assert resp.status == 200 and await resp.json() == "ok"
@@ -335,7 +306,7 @@ async def test_cancel(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
 
 
 async def test_timeout_task(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
-    doc = await create(http, emu, TIMEOUT)
+    doc = await create(http, emu, TIMEOUT_TASK)
     assert doc["timeout"] == 1000
     status, body, _ = await result(http, emu, doc["id"], "full")
     full = orjson.loads(body)
@@ -345,7 +316,7 @@ async def test_timeout_task(emu: EmulatorServer, http: aiohttp.ClientSession) ->
 
 
 async def test_crash_task(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
-    doc = await create(http, emu, CRASH)
+    doc = await create(http, emu, CRASH_TASK)
     status, body, _ = await result(http, emu, doc["id"], "parse")
     answer = orjson.loads(body)
     assert status == 500
@@ -357,14 +328,14 @@ async def test_crash_task(emu: EmulatorServer, http: aiohttp.ClientSession) -> N
 
 
 async def test_large_output(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
-    doc = await create(http, emu, LARGE, [200_000])
+    doc = await create(http, emu, LARGE_TASK, [200_000])
     status, body, _ = await result(http, emu, doc["id"], "parse")
     assert status == 200 and orjson.loads(body)["size"] == 200_000
     assert 190_000 < len(body) <= 200_000
 
 
 async def test_lifecycle_while_running(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
-    doc = await create(http, emu, SLOW, [30])
+    doc = await create(http, emu, SLOW_TASK, [30])
     job = emu.state.jobs[doc["id"]]
     for _ in range(500):
         if job.doc["lifecycle"] == "assigned":
@@ -380,7 +351,7 @@ async def test_read_once(http: aiohttp.ClientSession) -> None:
     server = EmulatorServer(settings(read_once=True))
     await server.start()
     try:
-        doc = await create(http, server, HELLO)
+        doc = await create(http, server, HELLO_TASK)
         status, _, _ = await result(http, server, doc["id"], "output")
         assert status == 200
         status, _, _ = await result(http, server, doc["id"], "output")
@@ -398,7 +369,7 @@ async def test_fault_status(emu: EmulatorServer, http: aiohttp.ClientSession) ->
     fault = {"route": "create", "count": 2, "status": 503, "retry_after": 1}
     async with http.post(f"{emu.url}/_emulator/faults", json=fault) as resp:
         assert resp.status == 200
-    url = f"{emu.url}/demo/task/{HELLO}/job?access_token={TOKEN}"
+    url = f"{emu.url}/demo/task/{HELLO_TASK}/job?access_token={TOKEN}"
     for _ in range(2):
         async with http.post(url) as resp:
             assert resp.status == 503 and resp.headers["Retry-After"] == "1"
@@ -415,7 +386,7 @@ async def test_fault_reset_after_create(emu: EmulatorServer, http: aiohttp.Clien
         f"{emu.url}/_emulator/faults", json={"route": "create", "action": "reset_after_create"}
     ) as resp:
         assert resp.status == 200
-    url = f"{emu.url}/demo/task/{HELLO}/job?access_token={TOKEN}"
+    url = f"{emu.url}/demo/task/{HELLO_TASK}/job?access_token={TOKEN}"
     with pytest.raises(aiohttp.ClientError):
         async with http.post(url) as resp:
             await resp.read()
@@ -430,7 +401,7 @@ async def test_fault_reset_after_create(emu: EmulatorServer, http: aiohttp.Clien
 async def test_fault_garbage_slow_and_clear(
     emu: EmulatorServer, http: aiohttp.ClientSession
 ) -> None:
-    doc = await create(http, emu, HELLO)
+    doc = await create(http, emu, HELLO_TASK)
     await finished(emu, doc["id"])
     faults = [
         {"route": "result", "action": "garbage"},
@@ -461,7 +432,7 @@ async def test_stop_start_keeps_jobs_and_port(http: aiohttp.ClientSession) -> No
     try:
         port = server.port
         assert port != 0 and server.url == f"http://127.0.0.1:{port}"
-        doc = await create(http, server, SLOW, [0.5])
+        doc = await create(http, server, SLOW_TASK, [0.5])
         pending = asyncio.ensure_future(result(http, server, doc["id"]))
         await asyncio.sleep(0.05)
         await server.stop()
@@ -480,7 +451,7 @@ async def test_stop_start_keeps_jobs_and_port(http: aiohttp.ClientSession) -> No
 
 
 async def test_stats(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
-    doc = await create(http, emu, INSTANT)
+    doc = await create(http, emu, INSTANT_TASK)
     await result(http, emu, doc["id"])
     await result(http, emu, doc["id"])
     async with http.get(f"{emu.url}/demo/job/{doc['id']}?access_token={TOKEN}") as resp:
@@ -510,7 +481,7 @@ async def test_stats(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
 async def test_many_concurrent_delay_jobs(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
     connector = aiohttp.TCPConnector(limit=200)
     async with aiohttp.ClientSession(connector=connector) as session:
-        docs = await asyncio.gather(*(create(session, emu, DELAY, [0.3]) for _ in range(2000)))
+        docs = await asyncio.gather(*(create(session, emu, DELAY_TASK, [0.3]) for _ in range(2000)))
         answers = await asyncio.gather(*(result(session, emu, d["id"]) for d in docs))
     assert len({d["id"] for d in docs}) == 2000
     assert all(status == 200 and orjson.loads(body) == {"ok": True} for status, body, _ in answers)

@@ -4,19 +4,26 @@ and the adapter replaying recorded exchanges (``tests/recordings/executejob``)."
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 import structlog
-from aioresponses import aioresponses
-from conftest import Gateway, start_gateway
+from conftest import Gateway
+from helpers import (
+    answer_of,
+    assert_no_machine_specific_origin,
+    call,
+    replay,
+    scenario,
+    step_until_final,
+)
 from multidict import MultiDict
 
-from sync_gateway.config import RouteSettings, UpstreamSettings, load
+from sync_gateway.config import RouteSettings, UpstreamSettings
 from sync_gateway.emulator.executejob_emulator import (
     API_KEY,
     APP_ID,
@@ -26,14 +33,12 @@ from sync_gateway.emulator.executejob_emulator import (
     ExecuteJobEmulatorSettings,
     seed_results,
 )
-from sync_gateway.errors import BadRequest, GatewayError, UpstreamRejected
+from sync_gateway.errors import BadRequest, GatewayError
 from sync_gateway.metrics import Metrics
 from sync_gateway.upstream.base import CreateRequest, Credentials, Snapshot
 from sync_gateway.upstream.executejob import ExecuteJobAdapter, without_schema
 from sync_gateway.upstream.http import UpstreamClient
 
-RECORDINGS = Path(__file__).parent / "recordings" / "executejob"
-FAST = {"poll_interval": 0.05, "poll_max_interval": 0.2}
 MESSAGE = "Step 'Load companies' failed: connection refused"
 SUCCESS = {"status": "success", "result": {"results": seed_results()}}
 
@@ -45,56 +50,25 @@ def job_body(**kw: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def emu() -> AsyncIterator[Emu]:
-    started: list[ExecuteJobEmulator] = []
-
-    async def make(**kw: Any) -> ExecuteJobEmulator:
-        server = ExecuteJobEmulator(ExecuteJobEmulatorSettings(**kw))
-        await server.start()
-        started.append(server)
-        return server
-
-    try:
-        yield make
-    finally:
-        for server in started:
-            await server.close()
+def emu(cleanup: AsyncExitStack) -> Emu:
+    """``await emu(**settings)``: a running emulator, closed at the end of the test."""
+    return lambda **kw: cleanup.enter_async_context(
+        ExecuteJobEmulator(ExecuteJobEmulatorSettings(**kw))
+    )
 
 
 @pytest.fixture
-async def gw() -> AsyncIterator[Callable[[str], Awaitable[Gateway]]]:
-    started: list[Gateway] = []
-
+def gw(route_gateway: Callable[..., Awaitable[Gateway]]) -> Callable[[str], Awaitable[Gateway]]:
     async def make(upstream: str) -> Gateway:
-        route = {"method": "POST", "path": "/infolink/run", "adapter": "executejob"}
-        route |= {"upstream": upstream, "name": "infolink"}
-        gateway = await start_gateway(load(None, {}, {"upstream": FAST, "routes": [route]}))
-        started.append(gateway)
-        return gateway
+        return await route_gateway(
+            method="POST",
+            path="/infolink/run",
+            adapter="executejob",
+            upstream=upstream,
+            name="infolink",
+        )
 
-    try:
-        yield make
-    finally:
-        for gateway in started:
-            await gateway.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def call(
-    http: aiohttp.ClientSession, method: str, url: str, **kw: Any
-) -> tuple[int, Any, aiohttp.ClientResponse]:
-    async with http.request(method, url, allow_redirects=False, **kw) as resp:
-        raw = await resp.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        body = raw
-    return resp.status, body, resp
+    return make
 
 
 async def run(http: aiohttp.ClientSession, gateway: Gateway, body: Any, **kw: Any) -> Any:
@@ -389,12 +363,6 @@ async def test_idempotency_key_does_not_attach_another_query_api_key_to_the_job(
 # ---- recorded exchanges, replayed -----------------------------------------------------------
 
 
-def recording(name: str) -> list[dict[str, Any]]:
-    doc = orjson.loads((RECORDINGS / f"{name}.json").read_bytes())
-    exchanges: list[dict[str, Any]] = doc["exchanges"]
-    return exchanges
-
-
 async def run_adapter(session: aiohttp.ClientSession) -> Snapshot | GatewayError:
     """What the engine does with the adapter: create, then step until final."""
     settings = UpstreamSettings(poll_max_interval=0.05)
@@ -409,16 +377,7 @@ async def run_adapter(session: aiohttp.ClientSession) -> Snapshot | GatewayError
     except GatewayError as exc:
         return exc
     assert created.credentials == Credentials(extra=(("apiKey", API_KEY),))
-    for _ in range(10):
-        try:
-            progress = await adapter.step(created.ref, created.credentials, 1.0)
-        except UpstreamRejected as exc:
-            return exc
-        except GatewayError:
-            continue  # transient: the engine steps again
-        if progress.snapshot is not None and progress.snapshot.finished:
-            return progress.snapshot
-    raise AssertionError("the replay never finished")
+    return await step_until_final(adapter, created.ref, created.credentials)
 
 
 FAILED_WITH_RESULTS = {
@@ -449,33 +408,15 @@ STOPPED = {
     ],
 )
 async def test_recorded_exchange_replays(name: str, status: int, body: Any) -> None:
-    exchanges = recording(name)
-    with aioresponses() as mock:
-        for ex in exchanges:
-            mock.add(
-                ex["url"],
-                method=ex["method"],
-                status=ex["status"],
-                headers=ex["headers"],
-                body=ex["body"].encode(),
-            )
-        async with aiohttp.ClientSession() as session:
-            outcome = await run_adapter(session)
-        sent = [str(url) for (_, url), calls in mock.requests.items() for _ in calls]
-    if isinstance(outcome, Snapshot):
-        assert outcome.rendered is not None
-        assert (outcome.rendered.status, orjson.loads(outcome.rendered.body)) == (status, body)
-    else:
-        assert isinstance(outcome, UpstreamRejected)
-        assert (outcome.status, orjson.loads(outcome.body)) == (status, body)
+    exchanges = scenario("executejob", name)
+    outcome, sent = await replay(exchanges, run_adapter)
+    assert answer_of(outcome) == (status, body)
     assert len(sent) == len(exchanges)
-    assert sum("executeJob.jsp" in url for url in sent) == 1
+    assert sum("executeJob.jsp" in url for _, url in sent) == 1
 
 
 def test_recordings_hold_no_machine_specific_origin() -> None:
-    for path in RECORDINGS.glob("*.json"):
-        text = path.read_text()
-        assert "127.0.0.1" not in text and "localhost" not in text, path.name
+    assert_no_machine_specific_origin("executejob")
 
 
 def test_job_id_validation_is_a_bad_request() -> None:

@@ -28,38 +28,17 @@ from conftest import (
     TOKEN,
     Gateway,
 )
+from seeds import (
+    REGIMEN,
+    SEED_FAILURE_OUTPUT,
+    SEED_FAILURE_PARSE,
+    SEED_SUCCESS_OUTPUT,
+    SEED_SUCCESS_PARSE,
+)
 
 from sync_gateway.emulator import EmulatorServer, load_recipe
 
 JSON_TYPE = "application/json; charset=utf-8"
-ISO = rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
-SEED_SUCCESS_PARSE = rb'\{"name":"tomer","date":"' + ISO + rb'"\}'
-SEED_SUCCESS_OUTPUT = rb'\["\{\\"name\\":\\"tomer\\",\\"date\\":\\"' + ISO + rb'\\"\}"\]'
-SEED_FAILURE_PARSE = (
-    b'{"message":"Validation Error. Invalid Argument Value","statusCode":418,'
-    b'"name":"ClientError","code":"","status":418}'
-)
-SEED_FAILURE_OUTPUT = (
-    b'["{\\"message\\":\\"Validation Error. Invalid Argument Value\\",\\"statusCode\\":418,'
-    b'\\"name\\":\\"ClientError\\",\\"code\\":\\"\\",\\"status\\":418}"]'
-)
-REGIMEN_KEYS = [
-    "regimen_id",
-    "regla_fecha_vencimiento",
-    "fecha",
-    "status",
-    "periodo_origen",
-    "periodo_www3",
-    "prorroga",
-    "createdAt",
-    "updatedAt",
-    "id",
-    "area",
-    "nro_en_www3",
-    "nombre_en_w3",
-    "tipo_de_regimen",
-    "regimen",
-]
 HELLO = b'{"message":"Hello world!"}'
 SECRETS = {task.id: task.secret for task in load_recipe().tasks.values()}
 
@@ -160,7 +139,7 @@ async def test_response_object_sets_status_header_and_inner_body(
     job_id = resp.headers["X-Job-Id"]
     assert resp.headers.getall("TheEyeJobId") == [job_id]
     body = orjson.loads(data)
-    assert list(body) == REGIMEN_KEYS
+    assert list(body) == list(REGIMEN)
     assert body["regimen_id"] == "operaciones_cambio_apartado_a"
 
 

@@ -9,126 +9,21 @@ objects; success and failure; ``parse`` falling back to the raw output. Re-recor
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 from aioresponses import aioresponses
-from conftest import TOKEN, gateway_settings
+from conftest import TOKEN
+from helpers import document, recording, serve, serve_example
+from seeds import REGIMEN, SEED_FAILURE_OUTPUT, SEED_FAILURE_PARSE
 
-from sync_gateway.app import create_app
-
-RECORDINGS = Path(__file__).parent / "recordings"
-UPSTREAM = "http://upstream.test"
 JSON_TYPE = "application/json; charset=utf-8"
-ID_PLACEHOLDER = "\x00job\x00"
-REGIMEN = {
-    "regimen_id": "operaciones_cambio_apartado_a",
-    "regla_fecha_vencimiento": "byLabourDay",
-    "fecha": "2023-01-02T00:00:00.000Z",
-    "status": "por_vencer",
-    "periodo_origen": "01-01-2023",
-    "periodo_www3": "20230101",
-    "prorroga": False,
-    "createdAt": "2023-10-02T19:53:40.998Z",
-    "updatedAt": "2023-10-02T19:53:40.998Z",
-    "id": "651b1fc444587926e420dc37",
-    "area": "Securities",
-    "nro_en_www3": "14_1",
-    "nombre_en_w3": "OPERACIONES DE CAMBIO",
-    "tipo_de_regimen": "Obligatorio",
-    "regimen": "Operaciones de Cambio (R.I. - O.C.) - Apartado A ",
-}
-SEED_FAILURE_PARSE = (
-    b'{"message":"Validation Error. Invalid Argument Value","statusCode":418,'
-    b'"name":"ClientError","code":"","status":418}'
-)
-SEED_FAILURE_OUTPUT = (
-    b'["{\\"message\\":\\"Validation Error. Invalid Argument Value\\",\\"statusCode\\":418,'
-    b'\\"name\\":\\"ClientError\\",\\"code\\":\\"\\",\\"status\\":418}"]'
-)
 
 
 def compact(value: Any) -> bytes:
     """JSON as JSON.stringify writes it (what the seeds show)."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def recording(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((RECORDINGS / f"{name}.json").read_text("utf-8"))
-    return data
-
-
-def document(name: str) -> dict[str, Any]:
-    """The job document a recorded exchange answered."""
-    doc: dict[str, Any] = json.loads(recording(name)["body"])
-    return doc
-
-
-def url_pattern(rec: dict[str, Any]) -> re.Pattern[str]:
-    """The upstream URL of a recording as a regex: any job id, any query."""
-    path = rec["path"]
-    if rec.get("job_id"):
-        path = path.replace(rec["job_id"], ID_PLACEHOLDER)
-    escaped = re.escape(UPSTREAM + path).replace(re.escape(ID_PLACEHOLDER), "[0-9a-f]{24}")
-    return re.compile(f"^{escaped}(\\?.*)?$")
-
-
-def serve(
-    mock: aioresponses,
-    rec: dict[str, Any],
-    *,
-    body: str | None = None,
-    repeat: bool = True,
-) -> None:
-    """Register one recorded exchange (optionally with another body) with aioresponses."""
-    headers = {k: v for k, v in rec["headers"].items() if k.lower() != "content-type"}
-    mock.add(
-        url_pattern(rec),
-        method=rec["method"],
-        status=rec["status"],
-        body=rec["body"] if body is None else body,
-        headers=headers,
-        content_type=rec["headers"].get("Content-Type", "application/json"),
-        repeat=repeat,
-    )
-
-
-def serve_example(mock: aioresponses, example: str) -> str:
-    """The create and the final result of a recorded example; its job id."""
-    create = recording(f"{example}.create")
-    serve(mock, create)
-    serve(mock, recording(f"{example}.result"))
-    job_id: str = create["job_id"]
-    return job_id
-
-
-def serve_finished_document(mock: aioresponses, doc: dict[str, Any]) -> str:
-    """A create, then ``doc`` (a changed job document) as the finished result; its job id."""
-    create = recording("rest_success.create")
-    serve(mock, create)
-    result = recording("rest_success.result")
-    serve(mock, result, body=json.dumps({**doc, "id": create["job_id"]}))
-    job_id: str = create["job_id"]
-    return job_id
-
-
-@pytest.fixture
-def upstream() -> Iterator[aioresponses]:
-    with aioresponses(passthrough=["http://127.0.0.1"]) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def client(
-    aiohttp_client: Callable[..., Any], upstream: aioresponses
-) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_app(gateway_settings(UPSTREAM))
-    test_client: TestClient[Any, Any] = await aiohttp_client(app)
-    yield test_client
 
 
 def job_path(task: str, query: str = "") -> str:

@@ -4,34 +4,39 @@ the adapter replaying recorded exchanges (``tests/recordings/location``)."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
-from aioresponses import aioresponses
-from conftest import Gateway, start_gateway
+from conftest import Gateway
+from helpers import (
+    answer_of,
+    assert_no_machine_specific_origin,
+    call,
+    replay,
+    scenario,
+    step_until_final,
+)
 from multidict import MultiDict
 
-from sync_gateway.config import RouteSettings, UpstreamSettings, load
+from sync_gateway.config import RouteSettings, UpstreamSettings
 from sync_gateway.emulator.location_emulator import (
     CREDENTIAL,
     SEED_BODY,
     LocationEmulator,
     LocationEmulatorSettings,
 )
-from sync_gateway.errors import GatewayError, UpstreamRejected
+from sync_gateway.errors import GatewayError
 from sync_gateway.metrics import Metrics
 from sync_gateway.upstream.base import CreateRequest, Credentials, Snapshot
 from sync_gateway.upstream.http import UpstreamClient
 from sync_gateway.upstream.location import LocationPollAdapter, resolve_location
 
-RECORDINGS = Path(__file__).parent / "recordings" / "location"
 AUTH = {"Authorization": CREDENTIAL}
 OTHER_AUTH = {"Authorization": "Basic b3RoZXJAZXhhbXBsZS5jb206b3RoZXIta2V5"}
-FAST = {"poll_interval": 0.05, "poll_max_interval": 0.2}
 DATA = {"data": {"some": "value"}}
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -40,57 +45,29 @@ Gw = Callable[..., Awaitable[Gateway]]
 
 
 @pytest.fixture
-async def emu() -> AsyncIterator[Emu]:
-    started: list[LocationEmulator] = []
-
-    async def make(**kw: Any) -> LocationEmulator:
-        server = LocationEmulator(LocationEmulatorSettings(**kw))
-        await server.start()
-        started.append(server)
-        return server
-
-    try:
-        yield make
-    finally:
-        for server in started:
-            await server.close()
+def emu(cleanup: AsyncExitStack) -> Emu:
+    """``await emu(**settings)``: a running emulator, closed at the end of the test."""
+    return lambda **kw: cleanup.enter_async_context(
+        LocationEmulator(LocationEmulatorSettings(**kw))
+    )
 
 
 @pytest.fixture
-async def gw() -> AsyncIterator[Gw]:
-    started: list[Gateway] = []
-
+def gw(route_gateway: Callable[..., Awaitable[Gateway]]) -> Gw:
     async def make(upstream: str, method: str = "POST", path: str = "/exec/schedule") -> Gateway:
-        route = {"method": method, "path": path, "adapter": "location-poll"}
-        route |= {"upstream": upstream, "name": "elastic"}
-        settings = load(None, {}, {"upstream": FAST, "routes": [route]})
-        gateway = await start_gateway(settings)
-        started.append(gateway)
-        return gateway
+        return await route_gateway(
+            method=method, path=path, adapter="location-poll", upstream=upstream, name="elastic"
+        )
 
-    try:
-        yield make
-    finally:
-        for gateway in started:
-            await gateway.stop()
+    return make
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def call(
-    http: aiohttp.ClientSession, method: str, url: str, **kw: Any
+async def schedule(
+    http: aiohttp.ClientSession, gateway: Gateway, headers: dict[str, str] | None = None
 ) -> tuple[int, Any, aiohttp.ClientResponse]:
-    async with http.request(method, url, allow_redirects=False, **kw) as resp:
-        raw = await resp.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        body = raw
-    return resp.status, body, resp
+    """The seed's create through the gateway, with the seed's credential."""
+    url = f"{gateway.url}/exec/schedule"
+    return await call(http, "POST", url, json=SEED_BODY, headers={**AUTH, **(headers or {})})
 
 
 def make_all_ready(server: LocationEmulator) -> None:
@@ -106,9 +83,7 @@ async def test_success_answers_the_upstream_result_body_as_is(
 ) -> None:
     server = await emu(duration=0.2)
     gateway = await gw(server.schedule_url)
-    status, body, resp = await call(
-        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
-    )
+    status, body, resp = await schedule(http, gateway)
     assert (status, body) == (200, DATA)
     assert HEX_ID.fullmatch(resp.headers["X-Job-Id"])
     assert resp.headers["Content-Type"].startswith("application/json")
@@ -141,9 +116,7 @@ async def test_rejected_result_is_passed_through_as_400(
 ) -> None:
     server = await emu(outcome="rejected")
     gateway = await gw(server.schedule_url)
-    status, body, _ = await call(
-        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
-    )
+    status, body, _ = await schedule(http, gateway)
     assert status == 400
     assert body == {"message": "Rejected.", "reason": {"message": "Invalid account credentials"}}
 
@@ -151,9 +124,7 @@ async def test_rejected_result_is_passed_through_as_400(
 async def test_expired_poll_is_a_final_404(emu: Emu, gw: Gw, http: aiohttp.ClientSession) -> None:
     server = await emu(outcome="expired")
     gateway = await gw(server.schedule_url)
-    status, body, _ = await call(
-        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
-    )
+    status, body, _ = await schedule(http, gateway)
     assert (status, body) == (404, {"message": "Expired."})
     assert server.counts["result"] == 0
 
@@ -166,9 +137,7 @@ async def test_create_4xx_is_passed_through_and_5xx_is_502(
 ) -> None:
     server = await emu(create_status=create_status)
     gateway = await gw(server.schedule_url)
-    status, body, resp = await call(
-        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
-    )
+    status, body, resp = await schedule(http, gateway)
     assert status == answer
     if answer < 500:
         assert body == {"message": "Schedule failed"}
@@ -184,9 +153,7 @@ async def test_create_answering_503_is_not_repeated(
 ) -> None:
     server = await emu(create_status=503)
     gateway = await gw(server.schedule_url)
-    status, body, _ = await call(
-        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
-    )
+    status, body, _ = await schedule(http, gateway)
     assert (status, body["error"]) == (502, "upstream_unavailable")
     assert server.counts["create"] == 1
 
@@ -196,13 +163,7 @@ async def test_budget_expiry_answers_202_and_reattach_gets_the_result(
 ) -> None:
     server = await emu(duration=3600.0)
     gateway = await gw(server.schedule_url)
-    status, body, resp = await call(
-        http,
-        "POST",
-        f"{gateway.url}/exec/schedule",
-        json=SEED_BODY,
-        headers={**AUTH, "Prefer": "wait=1"},
-    )
+    status, body, resp = await schedule(http, gateway, headers={"Prefer": "wait=1"})
     job = resp.headers["X-Job-Id"]
     assert status == 202
     assert resp.headers["Location"].startswith(f"/jobs/elastic/{job}/result")
@@ -226,9 +187,7 @@ async def test_read_once_result_is_served_twice_from_retention(
 ) -> None:
     server = await emu()
     gateway = await gw(server.schedule_url)
-    status, body, resp = await call(
-        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
-    )
+    status, body, resp = await schedule(http, gateway)
     assert (status, body) == (200, DATA)
     again = f"{gateway.url}/jobs/elastic/{resp.headers['X-Job-Id']}/result"
     for method in ("GET", "POST"):
@@ -243,9 +202,7 @@ async def test_reattach_with_other_credentials_is_refused_by_the_upstream(
 ) -> None:
     server = await emu()
     gateway = await gw(server.schedule_url)
-    _, _, resp = await call(
-        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
-    )
+    _, _, resp = await schedule(http, gateway)
     again = f"{gateway.url}/jobs/elastic/{resp.headers['X-Job-Id']}/result"
     status, body, _ = await call(http, "GET", again, headers=OTHER_AUTH)
     assert (status, body) == (403, {"message": "Forbidden"})
@@ -269,9 +226,7 @@ async def test_poll_5xx_burst_is_retried_and_the_result_delivered(
 ) -> None:
     server = await emu(poll_errors=8, burst_status=burst_status)
     gateway = await gw(server.schedule_url)
-    status, body, _ = await call(
-        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
-    )
+    status, body, _ = await schedule(http, gateway)
     assert (status, body) == (200, DATA)
     assert server.counts["poll"] >= 9
     assert (server.counts["create"], server.counts["result"]) == (1, 1)
@@ -282,9 +237,7 @@ async def test_result_503_is_read_again_only_after_the_upstream_says_ready(
 ) -> None:
     server = await emu(result_errors=1)
     gateway = await gw(server.schedule_url)
-    status, body, _ = await call(
-        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
-    )
+    status, body, _ = await schedule(http, gateway)
     assert (status, body) == (200, DATA)
     assert (server.counts["result"], server.counts["result_served"]) == (2, 1)
     assert server.counts["poll"] == 2
@@ -295,9 +248,7 @@ async def test_garbage_poll_answers_are_transient(
 ) -> None:
     server = await emu(garbage_polls=2)
     gateway = await gw(server.schedule_url)
-    status, body, _ = await call(
-        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
-    )
+    status, body, _ = await schedule(http, gateway)
     assert (status, body) == (200, DATA)
     assert server.counts["poll"] == 3
 
@@ -308,9 +259,7 @@ async def test_absolute_and_relative_locations_are_followed(
 ) -> None:
     server = await emu(location=style, duration=0.1, retry_after=0)
     gateway = await gw(server.schedule_url)
-    status, body, _ = await call(
-        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
-    )
+    status, body, _ = await schedule(http, gateway)
     assert (status, body) == (200, DATA)
     assert server.counts["result"] == 1
 
@@ -320,9 +269,7 @@ async def test_immediate_result_without_location(
 ) -> None:
     server = await emu(immediate=True)
     gateway = await gw(server.schedule_url)
-    status, body, resp = await call(
-        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
-    )
+    status, body, resp = await schedule(http, gateway)
     assert (status, body) == (200, DATA)
     again = f"{gateway.url}/jobs/elastic/{resp.headers['X-Job-Id']}/result"
     status, body, _ = await call(http, "GET", again, headers=AUTH)
@@ -337,9 +284,7 @@ async def test_credentials_do_not_follow_a_location_to_another_origin(
     # The same emulator under two names: `localhost` is another origin than 127.0.0.1.
     server.settings = LocationEmulatorSettings(location_origin=server.url)
     gateway = await gw(f"http://localhost:{server.port}/v1/exec/schedule")
-    status, body, _ = await call(
-        http, "POST", f"{gateway.url}/exec/schedule", json=SEED_BODY, headers=AUTH
-    )
+    status, body, _ = await schedule(http, gateway)
     assert (status, body) == (403, {"message": "Forbidden"})
     poll = server.state.exchanges[1]
     assert "Authorization" not in poll["request_headers"]
@@ -373,24 +318,6 @@ def test_resolve_location(raw: str | None, base: str, expected: str | None) -> N
 # ---- recorded exchanges, replayed -----------------------------------------------------------
 
 
-def recording(name: str) -> list[dict[str, Any]]:
-    exchanges: list[dict[str, Any]] = orjson.loads((RECORDINGS / f"{name}.json").read_bytes())[
-        "exchanges"
-    ]
-    return exchanges
-
-
-def replay(mock: aioresponses, exchanges: list[dict[str, Any]]) -> None:
-    for ex in exchanges:
-        mock.add(
-            ex["url"],
-            method=ex["method"],
-            status=ex["status"],
-            headers=ex["headers"],
-            body=ex["body"].encode(),
-        )
-
-
 async def run_adapter(session: aiohttp.ClientSession) -> Snapshot | GatewayError:
     """What the engine does with the adapter: create, then step until final."""
     settings = UpstreamSettings(poll_max_interval=0.05)
@@ -406,16 +333,7 @@ async def run_adapter(session: aiohttp.ClientSession) -> Snapshot | GatewayError
         created = await adapter.create(request)
     except GatewayError as exc:
         return exc
-    for _ in range(10):
-        try:
-            progress = await adapter.step(created.ref, creds, 1.0)
-        except UpstreamRejected as exc:
-            return exc
-        except GatewayError:
-            continue  # transient: the engine steps again
-        if progress.snapshot is not None and progress.snapshot.finished:
-            return progress.snapshot
-    raise AssertionError("the replay never finished")
+    return await step_until_final(adapter, created.ref, creds)
 
 
 REJECTED = {"message": "Rejected.", "reason": {"message": "Invalid account credentials"}}
@@ -435,24 +353,15 @@ REJECTED = {"message": "Rejected.", "reason": {"message": "Invalid account crede
     ],
 )
 async def test_recorded_exchange_replays(name: str, status: int, body: Any) -> None:
-    exchanges = recording(name)
-    with aioresponses() as mock:
-        replay(mock, exchanges)
-        async with aiohttp.ClientSession() as session:
-            outcome = await run_adapter(session)
-        sent = [(m, str(u)) for (m, u), calls in mock.requests.items() for _ in calls]
+    exchanges = scenario("location", name)
+    outcome, sent = await replay(exchanges, run_adapter)
+    assert answer_of(outcome) == (status, body)
     if isinstance(outcome, Snapshot):
         assert outcome.rendered is not None
-        assert (outcome.rendered.status, orjson.loads(outcome.rendered.body)) == (status, body)
         assert outcome.size == len(outcome.rendered.body)
-    else:
-        assert isinstance(outcome, UpstreamRejected)
-        assert (outcome.status, orjson.loads(outcome.body)) == (status, body)
     assert len(sent) == len(exchanges)  # every recorded answer used, nothing asked twice
     assert sum("/exec/result/" in url for _, url in sent) <= 1
 
 
 def test_recordings_hold_no_machine_specific_origin() -> None:
-    for path in RECORDINGS.glob("*.json"):
-        text = path.read_text()
-        assert "127.0.0.1" not in text and "localhost" not in text, path.name
+    assert_no_machine_specific_origin("location")

@@ -28,18 +28,19 @@ from conftest import (
     CUSTOMER,
     DELAY_TASK,
     INSTANT_TASK,
+    OTHER_HELLO_TASK,
     OTHER_TOKEN,
     REST_TASK,
     TOKEN,
     Gateway,
     start_gateway,
 )
+from helpers import add_faults, stats
 
 from sync_gateway.config import load
 from sync_gateway.emulator import EmulatorServer, EmulatorSettings
 
 OTHER_CUSTOMER = "other"
-OTHER_HELLO_TASK = "65a000000000000000000008"  # customer "other"
 DELAY_OUTPUT = ['{"ok":true}']
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 JSON = "application/json"
@@ -50,20 +51,6 @@ JSON = "application/json"
 
 def job_path(task: str, customer: str = CUSTOMER) -> str:
     return f"/{customer}/task/{task}/job"
-
-
-async def stats(http: aiohttp.ClientSession, emulator: EmulatorServer) -> dict[str, Any]:
-    async with http.get(f"{emulator.url}/_emulator/stats") as resp:
-        assert resp.status == 200
-        value: dict[str, Any] = await resp.json()
-        return value
-
-
-async def add_faults(
-    http: aiohttp.ClientSession, emulator: EmulatorServer, *faults: dict[str, Any]
-) -> None:
-    async with http.post(f"{emulator.url}/_emulator/faults", json=list(faults)) as resp:
-        assert resp.status == 200
 
 
 async def wait_for(

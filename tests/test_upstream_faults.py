@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import HELLO_TASK, INSTANT_TASK, LARGE_TASK, TOKEN, Gateway
+from helpers import add_faults, stats
 
 from sync_gateway.emulator import EmulatorServer
 
@@ -26,17 +27,6 @@ def assert_json_error(resp: aiohttp.ClientResponse, body: bytes) -> dict[str, An
     payload: dict[str, Any] = json.loads(body)
     assert payload["error"] and payload["message"]
     return payload
-
-
-async def inject(http: aiohttp.ClientSession, emulator: EmulatorServer, *faults: object) -> None:
-    async with http.post(f"{emulator.url}/_emulator/faults", json=list(faults)) as resp:
-        assert resp.status == 200
-
-
-async def stats(http: aiohttp.ClientSession, emulator: EmulatorServer) -> dict[str, Any]:
-    async with http.get(f"{emulator.url}/_emulator/stats") as resp:
-        data: dict[str, Any] = await resp.json()
-    return data
 
 
 async def create(
@@ -96,7 +86,7 @@ async def test_upstream_rejection_of_the_create_is_passed_through(
     content_type: str,
 ) -> None:
     gw: Gateway = await make_gateway(emulator.url, upstream=FAST_RETRIES)
-    await inject(http, emulator, {"route": "create", **fault})
+    await add_faults(http, emulator, {"route": "create", **fault})
     resp, body = await create(http, gw)
     assert resp.status == status
     assert body == expected_body
@@ -109,7 +99,7 @@ async def test_upstream_429_on_create_is_passed_through_with_retry_after(
 ) -> None:
     gw: Gateway = await make_gateway(emulator.url, upstream=FAST_RETRIES)
     fault = {"route": "create", "status": 429, "body": "slow down", "retry_after": "3"}
-    await inject(http, emulator, fault)
+    await add_faults(http, emulator, fault)
     resp, body = await create(http, gw)
     assert (await stats(http, emulator))["create"] == 1
     assert resp.status == 429
@@ -137,7 +127,7 @@ async def test_slow_create_answers_504(
     emulator: EmulatorServer, make_gateway: Callable[..., Any], http: aiohttp.ClientSession
 ) -> None:
     gw: Gateway = await make_gateway(emulator.url, upstream={"request_timeout": 0.5})
-    await inject(http, emulator, {"route": "create", "action": "slow", "seconds": 3})
+    await add_faults(http, emulator, {"route": "create", "action": "slow", "seconds": 3})
     resp, body = await create(http, gw)
     assert resp.status == 504
     assert assert_json_error(resp, body)["error"] == "upstream_timeout"
@@ -175,7 +165,7 @@ async def test_unusable_create_answer_is_502(
     fault: dict[str, Any],
 ) -> None:
     gw: Gateway = await make_gateway(emulator.url, upstream=FAST_RETRIES)
-    await inject(http, emulator, {"route": "create", **fault})
+    await add_faults(http, emulator, {"route": "create", **fault})
     resp, body = await create(http, gw)
     assert resp.status == 502
     assert assert_json_error(resp, body)["error"].startswith("upstream_")
@@ -244,7 +234,7 @@ async def test_transient_result_faults_are_retried_until_the_answer(
     fault: dict[str, Any],
 ) -> None:
     gw: Gateway = await make_gateway(emulator.url, upstream={"poll_max_interval": 0.2})
-    await inject(http, emulator, {"route": "result", **fault})
+    await add_faults(http, emulator, {"route": "result", **fault})
     resp, body = await create(http, gw, HELLO_TASK)
     assert resp.status == 200
     assert body == b'{"message":"Hello world!"}'

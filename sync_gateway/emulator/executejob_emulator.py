@@ -24,26 +24,31 @@ but loses its answer (503), ``Retry-After``. ``counts`` tells the requests by ki
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import copy
 import dataclasses
 import time
 import uuid
-from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 import orjson
 from aiohttp import web
 
+from .serving import (
+    Recordings,
+    ScenarioEmulator,
+    ScenarioState,
+    emulator_main,
+    exchange_recorder,
+    record_scenarios,
+    serve_on_port,
+)
+from .serving import json_response as _json
+
 Outcome = Literal["completed", "completedWithError", "stopped"]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-RECORDED_ORIGIN = "http://upstream.test"
 API_KEY = "demo-api-key-0123456789"
 APP_ID = "7"
 
@@ -104,22 +109,11 @@ class InfoLinkJob:
 
 
 @dataclass
-class ExecuteJobState:
+class ExecuteJobState(ScenarioState[ExecuteJobEmulatorSettings, InfoLinkJob]):
     """Everything the emulator remembers."""
-
-    settings: ExecuteJobEmulatorSettings
-    jobs: dict[str, InfoLinkJob] = field(default_factory=dict)
-    counts: Counter[str] = field(default_factory=Counter)
-    exchanges: list[dict[str, Any]] = field(default_factory=list)
 
 
 STATE = web.AppKey("executejob_state", ExecuteJobState)
-
-
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
-    )
 
 
 def _error(settings: ExecuteJobEmulatorSettings, message: str) -> web.Response:
@@ -215,26 +209,9 @@ async def get_job_status(request: web.Request) -> web.Response:
     return _json(200, {"status": "success", "result": status}, headers)
 
 
-@web.middleware
-async def record_exchange(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Keep every request and answer, for :func:`record`."""
-    body = await request.read()
-    resp = await handler(request)
-    sent = resp.body if isinstance(resp, web.Response) else None
-    sent = sent if isinstance(sent, bytes | bytearray) else b""
-    request.app[STATE].exchanges.append(
-        {
-            "method": request.method,
-            "url": str(request.url),
-            "request_body": body.decode("utf-8", "replace"),
-            "status": resp.status,
-            "headers": {
-                k: resp.headers[k] for k in ("Content-Type", "Retry-After") if k in resp.headers
-            },
-            "body": bytes(sent).decode("utf-8", "replace"),
-        }
-    )
-    return resp
+record_exchange = exchange_recorder(
+    lambda app: app[STATE].exchanges, kept_headers=("Content-Type", "Retry-After")
+)
 
 
 def build_app(state: ExecuteJobState) -> web.Application:
@@ -245,61 +222,23 @@ def build_app(state: ExecuteJobState) -> web.Application:
     return app
 
 
-class ExecuteJobEmulator:
+class ExecuteJobEmulator(ScenarioEmulator[ExecuteJobEmulatorSettings, InfoLinkJob]):
     """The emulator on a free loopback port: ``async with ExecuteJobEmulator(settings) as e``."""
+
+    state: ExecuteJobState
 
     def __init__(
         self, settings: ExecuteJobEmulatorSettings | None = None, host: str = "127.0.0.1"
     ) -> None:
-        self.state = ExecuteJobState(settings or ExecuteJobEmulatorSettings())
-        self.host = host
-        self.port = 0
-        self._runner: web.AppRunner | None = None
+        super().__init__(ExecuteJobState(settings or ExecuteJobEmulatorSettings()), host)
 
-    @property
-    def settings(self) -> ExecuteJobEmulatorSettings:
-        return self.state.settings
-
-    @settings.setter
-    def settings(self, value: ExecuteJobEmulatorSettings) -> None:
-        self.state.settings = value
-
-    @property
-    def counts(self) -> Counter[str]:
-        return self.state.counts
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    def make_app(self) -> web.Application:
+        return build_app(self.state)
 
     @property
     def api_url(self) -> str:
         """The base a route's ``upstream`` names."""
         return f"{self.url}/api/v1"
-
-    async def start(self) -> None:
-        runner = web.AppRunner(build_app(self.state), access_log=None, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self.port = int(runner.addresses[0][1])
-        self._runner = runner
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> ExecuteJobEmulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 # ---- recordings for the replay tests ------------------------------------------------------
@@ -357,67 +296,27 @@ async def _drive(session: aiohttp.ClientSession, emu: ExecuteJobEmulator, scenar
         job.done_at = 0.0
 
 
-def _placeholders(exchanges: list[dict[str, Any]], origin: str) -> list[dict[str, Any]]:
-    text = orjson.dumps(exchanges).decode().replace(origin, RECORDED_ORIGIN)
-    cleaned: list[dict[str, Any]] = orjson.loads(text)
-    return cleaned
+def _slow(settings: ExecuteJobEmulatorSettings) -> ExecuteJobEmulator:
+    """An emulator whose jobs run for an hour (the recorder's driver ends them)."""
+    return ExecuteJobEmulator(dataclasses.replace(settings, duration=3600.0))
 
 
-async def record() -> dict[str, dict[str, Any]]:
+async def record() -> Recordings:
     """Run every scenario against a fresh emulator: ``{scenario: recording}``."""
-    recordings = {}
-    async with aiohttp.ClientSession() as session:
-        for name, (description, settings) in SCENARIOS.items():
-            slow = dataclasses.replace(settings, duration=3600.0)
-            async with ExecuteJobEmulator(slow) as emu:
-                await _drive(session, emu, name)
-                exchanges = _placeholders(emu.state.exchanges, emu.url)
-            recordings[name] = {
-                "scenario": name,
-                "description": description,
-                "exchanges": exchanges,
-            }
-    return recordings
-
-
-def write_recordings(out_dir: Path, recordings: dict[str, dict[str, Any]]) -> list[Path]:
-    """One ``<scenario>.json`` per recording."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, doc in recordings.items():
-        path = out_dir / f"{name}.json"
-        path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
-        written.append(path)
-    return written
+    return await record_scenarios(SCENARIOS, _slow, _drive)
 
 
 async def serve(settings: ExecuteJobEmulatorSettings, port: int) -> None:
     """Serve on ``127.0.0.1:port`` until interrupted."""
-    server = ExecuteJobEmulator(settings)
-    server.port = port
-    await server.start()
-    print(server.url, flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await server.close()
+    await serve_on_port(ExecuteJobEmulator(settings), port)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The executeJob/getJobStatus emulator.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    rec = commands.add_parser("record", help="write the replay tests' recordings")
-    rec.add_argument("out_dir", type=Path, help="where to write the JSON recordings")
-    run = commands.add_parser("serve", help="serve on a loopback port")
-    run.add_argument("--port", type=int, default=0)
-    run.add_argument("--duration", type=float, default=2.0, help="seconds a job runs")
-    args = parser.parse_args()
-    if args.command == "record":
-        for path in write_recordings(args.out_dir, asyncio.run(record())):
-            print(path)
-        return
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(ExecuteJobEmulatorSettings(duration=args.duration), args.port))
+    emulator_main(
+        "The executeJob/getJobStatus emulator.",
+        record,
+        lambda duration, port: serve(ExecuteJobEmulatorSettings(duration=duration), port),
+    )
 
 
 if __name__ == "__main__":

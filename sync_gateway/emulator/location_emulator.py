@@ -21,16 +21,10 @@ keeps every request and answer, which :func:`record` writes as the replay tests'
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
 import dataclasses
 import time
 import uuid
-from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -38,11 +32,19 @@ import orjson
 import yarl
 from aiohttp import web
 
+from .serving import (
+    Recordings,
+    ScenarioEmulator,
+    ScenarioState,
+    emulator_main,
+    exchange_recorder,
+    record_scenarios,
+    serve_on_port,
+)
+from .serving import json_response as _json
+
 LocationStyle = Literal["absolute-quoted", "absolute", "root-relative", "relative"]
 Outcome = Literal["success", "rejected", "expired"]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-RECORDED_ORIGIN = "http://upstream.test"
-KEPT_HEADERS = ("Content-Type", "Location", "Retry-After")
 
 
 @dataclass(frozen=True)
@@ -79,22 +81,11 @@ class ScheduledJob:
 
 
 @dataclass
-class LocationState:
+class LocationState(ScenarioState[LocationEmulatorSettings, ScheduledJob]):
     """Everything the emulator remembers; survives nothing but the process."""
-
-    settings: LocationEmulatorSettings
-    jobs: dict[str, ScheduledJob] = field(default_factory=dict)
-    counts: Counter[str] = field(default_factory=Counter)
-    exchanges: list[dict[str, Any]] = field(default_factory=list)
 
 
 STATE = web.AppKey("location_state", LocationState)
-
-
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
-    )
 
 
 def _owner(request: web.Request) -> str | None:
@@ -191,29 +182,11 @@ async def result(request: web.Request) -> web.Response:
     return _json(200, {"data": s.data})
 
 
-@web.middleware
-async def record_exchange(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Keep every request and answer, for :func:`record`."""
-    body = await request.read()
-    resp = await handler(request)
-    sent = resp.body if isinstance(resp, web.Response) else None
-    sent = sent if isinstance(sent, bytes | bytearray) else b""
-    request.app[STATE].exchanges.append(
-        {
-            "method": request.method,
-            "url": str(request.url),
-            "request_headers": {
-                str(k): v
-                for k, v in request.headers.items()
-                if k in ("Authorization", "Content-Type")
-            },
-            "request_body": body.decode("utf-8", "replace"),
-            "status": resp.status,
-            "headers": {k: resp.headers[k] for k in KEPT_HEADERS if k in resp.headers},
-            "body": bytes(sent).decode("utf-8", "replace"),
-        }
-    )
-    return resp
+record_exchange = exchange_recorder(
+    lambda app: app[STATE].exchanges,
+    kept_headers=("Content-Type", "Location", "Retry-After"),
+    kept_request_headers=("Authorization", "Content-Type"),
+)
 
 
 def build_app(state: LocationState) -> web.Application:
@@ -227,60 +200,22 @@ def build_app(state: LocationState) -> web.Application:
     return app
 
 
-class LocationEmulator:
+class LocationEmulator(ScenarioEmulator[LocationEmulatorSettings, ScheduledJob]):
     """The emulator on a free loopback port: ``async with LocationEmulator(settings) as emu``."""
+
+    state: LocationState
 
     def __init__(
         self, settings: LocationEmulatorSettings | None = None, host: str = "127.0.0.1"
     ) -> None:
-        self.state = LocationState(settings or LocationEmulatorSettings())
-        self.host = host
-        self.port = 0
-        self._runner: web.AppRunner | None = None
+        super().__init__(LocationState(settings or LocationEmulatorSettings()), host)
 
-    @property
-    def settings(self) -> LocationEmulatorSettings:
-        return self.state.settings
-
-    @settings.setter
-    def settings(self, value: LocationEmulatorSettings) -> None:
-        self.state.settings = value
-
-    @property
-    def counts(self) -> Counter[str]:
-        return self.state.counts
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    def make_app(self) -> web.Application:
+        return build_app(self.state)
 
     @property
     def schedule_url(self) -> str:
         return f"{self.url}/v1/exec/schedule"
-
-    async def start(self) -> None:
-        runner = web.AppRunner(build_app(self.state), access_log=None, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self.port = int(runner.addresses[0][1])
-        self._runner = runner
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> LocationEmulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 # ---- recordings for the replay tests ------------------------------------------------------
@@ -326,7 +261,7 @@ def _join(base: str, location: str) -> str:
     return str(yarl.URL(base).join(yarl.URL(location.strip().strip("'"))))
 
 
-async def _drive(session: aiohttp.ClientSession, emu: LocationEmulator) -> None:
+async def _drive(session: aiohttp.ClientSession, emu: LocationEmulator, scenario: str) -> None:
     """What the gateway does: schedule, poll until 303 (or a final answer), read once.
 
     Jobs are scheduled to run for an hour; the first "not ready" poll makes them ready, so
@@ -355,67 +290,27 @@ async def _drive(session: aiohttp.ClientSession, emu: LocationEmulator) -> None:
         await resp.read()
 
 
-def _placeholders(exchanges: list[dict[str, Any]], origin: str) -> list[dict[str, Any]]:
-    text = orjson.dumps(exchanges).decode().replace(origin, RECORDED_ORIGIN)
-    cleaned: list[dict[str, Any]] = orjson.loads(text)
-    return cleaned
+def _slow(settings: LocationEmulatorSettings) -> LocationEmulator:
+    """An emulator whose jobs run for an hour (the recorder's driver ends them)."""
+    return LocationEmulator(dataclasses.replace(settings, duration=3600.0))
 
 
-async def record() -> dict[str, dict[str, Any]]:
+async def record() -> Recordings:
     """Run every scenario against a fresh emulator: ``{scenario: recording}``."""
-    recordings = {}
-    async with aiohttp.ClientSession() as session:
-        for name, (description, settings) in SCENARIOS.items():
-            slow = dataclasses.replace(settings, duration=3600.0)
-            async with LocationEmulator(slow) as emu:
-                await _drive(session, emu)
-                exchanges = _placeholders(emu.state.exchanges, emu.url)
-            recordings[name] = {
-                "scenario": name,
-                "description": description,
-                "exchanges": exchanges,
-            }
-    return recordings
-
-
-def write_recordings(out_dir: Path, recordings: dict[str, dict[str, Any]]) -> list[Path]:
-    """One ``<scenario>.json`` per recording."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, doc in recordings.items():
-        path = out_dir / f"{name}.json"
-        path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
-        written.append(path)
-    return written
+    return await record_scenarios(SCENARIOS, _slow, _drive)
 
 
 async def serve(settings: LocationEmulatorSettings, port: int) -> None:
     """Serve on ``127.0.0.1:port`` until interrupted."""
-    server = LocationEmulator(settings)
-    server.port = port
-    await server.start()
-    print(server.url, flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await server.close()
+    await serve_on_port(LocationEmulator(settings), port)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The location-polling emulator.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    rec = commands.add_parser("record", help="write the replay tests' recordings")
-    rec.add_argument("out_dir", type=Path, help="where to write the JSON recordings")
-    run = commands.add_parser("serve", help="serve on a loopback port")
-    run.add_argument("--port", type=int, default=0)
-    run.add_argument("--duration", type=float, default=2.0, help="seconds a job runs")
-    args = parser.parse_args()
-    if args.command == "record":
-        for path in write_recordings(args.out_dir, asyncio.run(record())):
-            print(path)
-        return
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(LocationEmulatorSettings(duration=args.duration), args.port))
+    emulator_main(
+        "The location-polling emulator.",
+        record,
+        lambda duration, port: serve(LocationEmulatorSettings(duration=duration), port),
+    )
 
 
 if __name__ == "__main__":
