@@ -59,7 +59,8 @@ class UpstreamSettings:
     poll_interval: float = 1.0
     poll_max_interval: float = 5.0
     long_poll_timeout: float = 60.0
-    max_long_polls: int = 5000
+    max_long_polls: int = 1000
+    list_batch: int = 100
     pool_size: int = 256
     retry_attempts: int = 6
 
@@ -169,6 +170,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "upstream.poll_max_interval": _positive,
     "upstream.long_poll_timeout": _positive,
     "upstream.max_long_polls": _non_negative,
+    "upstream.list_batch": _positive,
     "upstream.pool_size": _non_negative,
     "upstream.retry_attempts": _positive,
     "wait.default_seconds": _non_negative,

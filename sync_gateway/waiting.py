@@ -325,3 +325,5 @@ class Engine:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for adapter in self.adapters.values():
+            await adapter.close()

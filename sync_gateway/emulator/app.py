@@ -212,6 +212,40 @@ async def get_job(request: web.Request) -> web.Response:
     return web.Response(status=200, body=body, content_type="application/json")
 
 
+# What the supervisor's job listing leaves out of each document (controllers/job/crud.js).
+LIST_EXCLUDED = frozenset(
+    {"task_arguments_values", "script_arguments", "output", "result", "task", "script", "env"}
+)
+
+
+def _query_list(request: web.Request, name: str) -> list[str]:
+    """A qs-style array parameter: ``name[]=a&name[]=b`` or ``name[0]=a``, or one ``name=a``."""
+    values = request.query.getall(f"{name}[]", []) + request.query.getall(name, [])
+    values += [v for k, v in request.query.items() if k.startswith(f"{name}[") and k[-2] != "["]
+    return [v for item in values for v in item.split(",") if v]
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """``GET /{customer}/job``: the customer's jobs, filtered like the supervisor's dbFilter
+    (``where[_id][$in][]=…``, ``where[lifecycle][$in][]=…``, ``limit``), without the heavy
+    fields."""
+    customer = _authenticate(request)
+    ids = set(_query_list(request, "where[_id][$in]"))
+    lifecycles = set(_query_list(request, "where[lifecycle][$in]"))
+    limit = int(request.query.get("limit") or 0) or None
+    found = []
+    for job in request.app[STATE_KEY].jobs.values():
+        doc = job.doc
+        if doc.get("customer_name") != customer.name:
+            continue
+        if (ids and doc["id"] not in ids) or (lifecycles and doc["lifecycle"] not in lifecycles):
+            continue
+        found.append({k: v for k, v in doc.items() if k not in LIST_EXCLUDED})
+        if limit is not None and len(found) >= limit:
+            break
+    return web.Response(status=200, body=orjson.dumps(found), content_type="application/json")
+
+
 async def cancel(request: web.Request) -> web.Response:
     customer = _authenticate(request)
     job = _job(request, customer)
@@ -334,6 +368,7 @@ def build_app(settings: EmulatorSettings, state: EmulatorState) -> web.Applicati
         add(method, "/job/{job}/result", job_result, name=f"result:{method}")
     add("PUT", "/{customer}/job/{job}/cancel", cancel, name="cancel")
     add("GET", "/{customer}/job/{job}", get_job, name="job")
+    add("GET", "/{customer}/job", list_jobs, name="list")
     return app
 
 

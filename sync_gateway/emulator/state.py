@@ -17,7 +17,7 @@ import orjson
 from .recipe import Customer, Recipe, Task, derived_id
 
 FINAL_LIFECYCLES = frozenset({"finished", "completed", "terminated", "canceled", "expired"})
-ROUTE_KINDS = ("create", "result", "job", "cancel")
+ROUTE_KINDS = ("create", "result", "job", "list", "cancel")
 FAULT_ACTIONS = frozenset({"status", "reset", "reset_after_create", "garbage", "slow"})
 
 _counter = itertools.count(int.from_bytes(os.urandom(3), "big"))

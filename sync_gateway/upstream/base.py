@@ -153,6 +153,10 @@ class Adapter(Protocol):
         """A ref for a job the gateway did not create (a re-attach)."""
         ...
 
+    async def close(self) -> None:
+        """Release what the adapter holds of its own (at shutdown)."""
+        ...
+
     def credentials(self, request: CreateRequest) -> Credentials:
         """Who the caller is, as this protocol carries it (the query and Authorization
         usually; executeJob's ``apiKey`` in the body). Used for ownership and idempotency;

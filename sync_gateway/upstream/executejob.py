@@ -246,6 +246,9 @@ class ExecuteJobAdapter:
     async def cancel(self, ref: JobRef, credentials: Credentials) -> None:
         """The protocol has no cancel."""
 
+    async def close(self) -> None:
+        """Nothing of its own to release."""
+
     def credentials(self, request: CreateRequest) -> Credentials:
         """The apiKey (body first, then query) is who the caller is."""
         key: str | None = None

@@ -232,6 +232,9 @@ class LocationPollAdapter:
     async def cancel(self, ref: JobRef, credentials: Credentials) -> None:
         """The protocol has no cancel."""
 
+    async def close(self) -> None:
+        """Nothing of its own to release."""
+
     def credentials(self, request: CreateRequest) -> Credentials:
         return request.credentials
 

@@ -28,6 +28,7 @@ from sync_gateway.upstream.base import (
     Snapshot,
 )
 from sync_gateway.upstream.http import Response, UpstreamClient
+from sync_gateway.upstream.theeye_batch import BatchWatcher
 
 # Query parameters that belong to the gateway and never go upstream on a create.
 GATEWAY_PARAMS = frozenset(
@@ -82,6 +83,7 @@ class TheEyeAdapter:
         # Each upstream long poll holds a connection (a file descriptor) for up to a minute;
         # past this many at once, further jobs are watched by interval polling instead.
         self.long_polls = 0
+        self.batch = BatchWatcher(self.base, client, settings.poll_interval, settings.list_batch)
 
     def _create_url(self, params: Mapping[str, str]) -> str:
         path = f"/task/{_seg(params['task'])}"
@@ -190,9 +192,15 @@ class TheEyeAdapter:
         return snapshot_from_document(resp.json(), len(resp.body))
 
     async def step(self, ref: JobRef, credentials: Credentials, timeout: float) -> Progress:
-        can_poll = bool(ref.customer) and not ref.job_secret
-        saturated = self.long_polls >= self.settings.max_long_polls
-        if can_poll and (self.settings.wait == "poll" or saturated):
+        customer = ref.customer if not ref.job_secret else None
+        if customer and self.settings.wait == "poll":
+            return Progress(await self._get_document(ref, credentials), long_polled=False)
+        if customer and self.long_polls >= self.settings.max_long_polls:
+            if self.batch.can_list(customer, credentials):
+                seen = await self.batch.finished(customer, credentials, ref.id, timeout)
+                if seen is not None:  # None: the upstream will not list for this caller
+                    snapshot = await self._get_document(ref, credentials) if seen else None
+                    return Progress(snapshot, long_polled=True)
             return Progress(await self._get_document(ref, credentials), long_polled=False)
         self.long_polls += 1
         try:
@@ -222,6 +230,9 @@ class TheEyeAdapter:
 
     def credentials(self, request: CreateRequest) -> Credentials:
         return request.credentials
+
+    async def close(self) -> None:
+        await self.batch.close()
 
     def ref_for(self, job_id: str, params: Mapping[str, str]) -> JobRef:
         return JobRef(

@@ -1,0 +1,142 @@
+"""Watching many TheEye jobs with few requests and no connection each.
+
+An upstream long poll holds a connection (a file descriptor and some 13 KB) for every job
+watched. Past ``upstream.max_long_polls`` of them, jobs are watched through the supervisor's
+job listing instead: one ``GET /{customer}/job?where[_id][$in][]=…&where[lifecycle][$in][]=…``
+every ``upstream.poll_interval`` seconds asks which of up to ``upstream.list_batch`` jobs have
+finished, for every job of the same customer and caller at once. A job seen finished is then
+read once (``GET /{customer}/job/{id}``), so a job watched this way costs its create, its share
+of the listings and one read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import structlog
+
+from sync_gateway.errors import GatewayError, UpstreamRejected
+from sync_gateway.upstream.base import FINAL_LIFECYCLES, Credentials
+from sync_gateway.upstream.http import UpstreamClient
+
+log = structlog.get_logger("sync_gateway.upstream.theeye")
+
+_FINAL = sorted(FINAL_LIFECYCLES)
+
+
+def _settle(future: asyncio.Future[bool | None], value: bool | None) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+@dataclass(eq=False)
+class _Group:
+    """The jobs of one customer watched with one caller's credentials."""
+
+    customer: str
+    credentials: Credentials
+    pending: dict[str, asyncio.Future[bool | None]] = field(default_factory=dict)
+
+
+class BatchWatcher:
+    """Answers "has this job finished?" for many jobs through shared listings."""
+
+    def __init__(self, base: str, client: UpstreamClient, interval: float, batch: int) -> None:
+        self.base = base
+        self.client = client
+        self.interval = interval
+        self.batch = batch
+        self._groups: dict[tuple[str, bytes], _Group] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Callers the upstream refuses to list for: their jobs are watched another way.
+        self.refused: set[tuple[str, bytes]] = set()
+
+    def can_list(self, customer: str, credentials: Credentials) -> bool:
+        return (customer, credentials.digest()) not in self.refused
+
+    async def finished(
+        self, customer: str, credentials: Credentials, job_id: str, timeout: float
+    ) -> bool | None:
+        """True when a listing shows the job finished within ``timeout``, False when none
+        did, None when the upstream refused to list for this caller."""
+        loop = asyncio.get_running_loop()
+        key = (customer, credentials.digest())
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group(customer, credentials)
+            task = loop.create_task(self._run(key, group), name=f"list:{customer}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        future: asyncio.Future[bool | None] = loop.create_future()
+        group.pending[job_id] = future
+        timer = loop.call_later(max(timeout, 0.0), _settle, future, False)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+            if group.pending.get(job_id) is future:
+                del group.pending[job_id]
+
+    async def _run(self, key: tuple[str, bytes], group: _Group) -> None:
+        try:
+            while group.pending:
+                await asyncio.sleep(self.interval)
+                ids = list(group.pending)
+                for start in range(0, len(ids), self.batch):
+                    done = await self._list(key, group, ids[start : start + self.batch])
+                    for job_id in done:
+                        future = group.pending.pop(job_id, None)
+                        if future is not None:
+                            _settle(future, True)
+        finally:
+            # No await between the last look at `pending` and here: a job registered
+            # meanwhile would find this group gone and start a new one.
+            if self._groups.get(key) is group:
+                del self._groups[key]
+            for future in group.pending.values():
+                _settle(future, None if key in self.refused else False)
+
+    async def _list(self, key: tuple[str, bytes], group: _Group, ids: list[str]) -> list[str]:
+        creds = group.credentials
+        params = [("where[_id][$in][]", job_id) for job_id in ids]
+        params += [("where[lifecycle][$in][]", lifecycle) for lifecycle in _FINAL]
+        if creds.access_token:
+            params.append(("access_token", creds.access_token))
+        headers = {"Authorization": creds.authorization} if creds.authorization else {}
+        try:
+            resp = await self.client.request(
+                "list",
+                "GET",
+                f"{self.base}/{quote(group.customer, safe='')}/job",
+                params=params,
+                headers=headers,
+            )
+            if 400 <= resp.status < 500:
+                raise UpstreamRejected(resp.status, resp.body, resp.content_type)
+            docs = resp.json() if resp.status == 200 else None
+        except UpstreamRejected as exc:
+            log.warning("job_listing_refused", customer=group.customer, status=exc.status)
+            self.refused.add(key)
+            for future in group.pending.values():
+                _settle(future, None)
+            group.pending.clear()
+            return []
+        except GatewayError as exc:
+            log.warning("job_listing_failed", customer=group.customer, error=exc.code)
+            return []
+        if not isinstance(docs, list):
+            log.warning("job_listing_unreadable", customer=group.customer)
+            return []
+        return [
+            doc["id"]
+            for doc in docs
+            if isinstance(doc, dict)
+            and isinstance(doc.get("id"), str)
+            and doc.get("lifecycle") in FINAL_LIFECYCLES
+        ]
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
