@@ -9,6 +9,7 @@ the same interface.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ class MemoryStore:
             return False
         while self._results and self._bytes + item.snapshot.size > self.max_bytes:
             self._drop(next(iter(self._results)))
+        item = dataclasses.replace(item, snapshot=item.snapshot.compact())
         self._results[key] = item
         self._bytes += item.snapshot.size
         self._publish()

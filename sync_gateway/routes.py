@@ -233,7 +233,7 @@ class Handlers:
     def _answer(
         self, ref: JobRef, snap: Snapshot, fmt: Format, prefer: tuple[str, ...] = ()
     ) -> web.Response:
-        rendered = snap.rendered or render_job(snap.document, fmt)
+        rendered = snap.rendered or render_job(snap.loaded(), fmt)
         resp = rendered_response(rendered, ref.id)
         if prefer:
             resp.headers["Preference-Applied"] = ", ".join(prefer)

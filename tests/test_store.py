@@ -300,3 +300,14 @@ async def test_concurrent_claims_have_one_winner(make_store: StoreFactory) -> No
     stores = [await make_store() for _ in range(2)]
     claims = await asyncio.gather(*(s.claim("key-4") for s in stores for _ in range(5)))
     assert sum(1 for c in claims if c is None) == 1
+
+
+async def test_a_kept_document_reads_back_equal_to_the_one_put(make_store: StoreFactory) -> None:
+    store = await make_store()
+    document = {"id": "j2", "state": "failure", "lifecycle": "finished", "output": ["x", "é"]}
+    snapshot = Snapshot(True, "failure", "finished", document, None, 80)
+    await store.put(Retained(ref("j2"), snapshot, OWNER, time.monotonic() + 60))
+    got = await store.get("theeye:j2")
+    assert got is not None
+    assert got.snapshot.loaded() == document
+    assert dict(got.snapshot.document) == document

@@ -71,7 +71,7 @@ def snapshot_out(s: Snapshot) -> dict[str, Any]:
         "finished": s.finished,
         "state": s.state,
         "lifecycle": s.lifecycle,
-        "document": dict(s.document),
+        "document": dict(s.loaded()),
         "rendered": rendered,
         "size": s.size,
     }
