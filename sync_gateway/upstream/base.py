@@ -121,10 +121,16 @@ class Snapshot:
         return doc.load() if isinstance(doc, StoredDocument) else doc
 
     def compact(self) -> Snapshot:
-        """The same snapshot with its document kept as JSON text."""
-        if isinstance(self.document, StoredDocument) or not self.document:
-            return self
-        return dataclasses.replace(self, document=StoredDocument(orjson.dumps(self.document)))
+        """The same snapshot as it is worth keeping for an hour: the document as JSON text,
+        and every byte string an exact copy (orjson's bytes keep the capacity of its write
+        buffer, some 16 KB whatever their length)."""
+        document = self.document
+        if document and not isinstance(document, StoredDocument):
+            document = StoredDocument(bytes(memoryview(orjson.dumps(document))))
+        rendered = self.rendered
+        if rendered is not None:
+            rendered = dataclasses.replace(rendered, body=bytes(memoryview(rendered.body)))
+        return dataclasses.replace(self, document=document, rendered=rendered)
 
     def summary(self, job_id: str) -> dict[str, Any]:
         """The small JSON body of a 202: where the job stands."""
