@@ -1,6 +1,6 @@
 """One exception hierarchy for everything the gateway itself answers with an error.
 
-The HTTP layer (``app.error_middleware``) maps these to JSON answers in one place:
+The HTTP layer (``app.error_answer``) maps these to JSON answers in one place:
 ``{"error": <code>, "message": <one sentence>, ...extra}`` with ``status``.
 """
 

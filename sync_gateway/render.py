@@ -142,7 +142,9 @@ class Rendered:
 def json_body(value: Any) -> bytes:
     """The one JSON encoder of answers: compact, key order kept, UTF-8 (like JSON.stringify)."""
     try:
-        return orjson.dumps(value)
+        # An exact-size copy: orjson's bytes keep its 4-16 KB write buffer, and thousands of
+        # answers can be in flight at once.
+        return bytes(memoryview(orjson.dumps(value)))
     except orjson.JSONEncodeError:  # nested deeper than orjson's 254 levels
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         return text.encode("utf-8")

@@ -97,15 +97,9 @@ class Handlers:
 
     # ---- job-creating routes -------------------------------------------------------------
 
-    async def create_and_wait(self, request: web.Request) -> web.StreamResponse:
-        """POST /{customer}/task/{task}/job (and the secret form): block for the result."""
-        return await self._create(request, blocking=True)
-
-    async def create_compat(self, request: web.Request) -> web.StreamResponse:
-        """POST /task/{task}/job: async pass-through unless wait_result=true."""
-        return await self._create(request, blocking=False)
-
-    async def _create(self, request: web.Request, *, blocking: bool) -> web.StreamResponse:
+    async def create(self, request: web.Request, *, blocking: bool) -> web.StreamResponse:
+        """POST /{customer}/task/{task}/job and its secret form (``blocking``: wait for the
+        result); POST /task/{task}/job: the created job at once, unless wait_result=true."""
         call = await self._call(request)
         params, query, fmt, budget = call.create.params, call.query, call.fmt, call.budget
         wait_result = rq.wants_wait_result(query, call.body)

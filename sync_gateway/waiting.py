@@ -134,7 +134,10 @@ class Engine:
     async def _run(self, w: Watch) -> None:
         deadline = self._loop.time() + self.settings.wait.watch_seconds
         try:
-            result = await self._coordinated(w, deadline)
+            if isinstance(self.coordinator, LocalCoordinator):  # one frame less per watch
+                result = await self._follow_here(w, deadline)
+            else:
+                result = await self._coordinated(w, deadline)
             if result is None:
                 log.info("watch_expired", job_id=w.ref.id)
             if not w.future.done():
@@ -158,6 +161,13 @@ class Engine:
             # A watch future nobody awaited must not warn at garbage collection.
             if w.future.done() and not w.future.cancelled():
                 w.future.exception()
+
+    async def _follow_here(self, w: Watch, deadline: float) -> Snapshot | None:
+        """Follow the job in this process (no other replica to ask)."""
+        result = w.last if w.last.finished else await self._follow(w, deadline)
+        if result is not None:
+            await self._finish(w, result)
+        return result
 
     async def _coordinated(self, w: Watch, deadline: float) -> Snapshot | None:
         """Follow the job here, unless another replica already does: then wait for its
