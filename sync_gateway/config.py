@@ -59,7 +59,7 @@ class UpstreamSettings:
     poll_interval: float = 1.0
     poll_max_interval: float = 5.0
     long_poll_timeout: float = 60.0
-    max_long_polls: int = 1000
+    max_long_polls: int = 500
     list_batch: int = 100
     pool_size: int = 256
     retry_attempts: int = 6

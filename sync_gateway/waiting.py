@@ -13,7 +13,7 @@ import contextlib
 import functools
 import hmac
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,9 +31,22 @@ log = structlog.get_logger("sync_gateway.waiting")
 TERMINAL_ERRORS = (UpstreamRejected, ResultTooLarge)
 
 
-def _wake(waiter: asyncio.Future[None], *_: object) -> None:
+def _wake(waiter: asyncio.Future[Snapshot | None], *_: object) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _from_watch(
+    waiter: asyncio.Future[Snapshot | None], watch: asyncio.Future[Snapshot | None]
+) -> None:
+    if waiter.done():
+        return
+    if watch.cancelled():
+        waiter.set_result(None)
+    elif (exc := watch.exception()) is not None:
+        waiter.set_exception(exc)
+    else:
+        waiter.set_result(watch.result())
 
 
 class Coordinator(Protocol):
@@ -108,7 +121,7 @@ class Engine:
         self._drain_over: asyncio.Future[None] = self._loop.create_future()
         self.draining = False
         self._background: set[asyncio.Task[None]] = set()
-        self._waiters: set[asyncio.Future[None]] = set()
+        self._waiters: set[asyncio.Future[Snapshot | None]] = set()
 
     # ---- watches -------------------------------------------------------------------------
 
@@ -241,41 +254,47 @@ class Engine:
 
     # ---- waiters -------------------------------------------------------------------------
 
-    async def wait(self, w: Watch, budget: float) -> Snapshot | None:
-        """Block until the watch ends or the budget (or the drain period) runs out.
+    def wait(self, w: Watch, budget: float) -> asyncio.Future[Snapshot | None]:
+        """A future of the watch's outcome, or of None when the budget (or the drain period)
+        runs out first: the caller then answers 202 with a way to re-attach.
 
-        None means "not finished yet": the caller answers 202 with a way to re-attach.
+        A plain future with callbacks rather than a coroutine: no frame of its own for each
+        of thousands of waiting clients. Cancelling it (the client hung up) is noticed too.
         """
+        waiter: asyncio.Future[Snapshot | None] = self._loop.create_future()
         if w.future.done():
-            return w.future.result()
-        # One small future per waiter, woken by the watch, its budget timer or the drain;
-        # lighter than asyncio.wait, and the drain wakes waiters from a set, not a callback
-        # list every waiter would have to be removed from.
-        waiter: asyncio.Future[None] = self._loop.create_future()
+            _from_watch(waiter, w.future)
+            return waiter
         if self._drain_over.done():
             waiter.set_result(None)
-        wake = functools.partial(_wake, waiter)
-        w.future.add_done_callback(wake)
+            return waiter
+        relay = functools.partial(_from_watch, waiter)
+        w.future.add_done_callback(relay)
         self._waiters.add(waiter)
         timer = self._loop.call_later(max(budget, 0.0), _wake, waiter)
         w.waiters += 1
         self.metrics.active_waiters.inc()
-        try:
-            await waiter
-        except asyncio.CancelledError:
+        waiter.add_done_callback(functools.partial(self._waited, w, relay, timer))
+        return waiter
+
+    def _waited(
+        self,
+        w: Watch,
+        relay: Callable[[asyncio.Future[Snapshot | None]], None],
+        timer: asyncio.TimerHandle,
+        waiter: asyncio.Future[Snapshot | None],
+    ) -> None:
+        timer.cancel()
+        self._waiters.discard(waiter)
+        w.future.remove_done_callback(relay)
+        w.waiters -= 1
+        self.metrics.active_waiters.dec()
+        if waiter.cancelled():
             self._on_hang_up(w)
-            raise
-        finally:
-            timer.cancel()
-            self._waiters.discard(waiter)
-            w.future.remove_done_callback(wake)
-            w.waiters -= 1
-            self.metrics.active_waiters.dec()
-        return w.future.result() if w.future.done() else None
 
     def _on_hang_up(self, w: Watch) -> None:
-        log.info("client_gone", job_id=w.ref.id, waiters_left=w.waiters - 1)
-        if self.settings.cancel_on_disconnect and w.waiters <= 1 and not w.future.done():
+        log.info("client_gone", job_id=w.ref.id, waiters_left=w.waiters)
+        if self.settings.cancel_on_disconnect and w.waiters == 0 and not w.future.done():
             self.spawn(self._cancel(w))
 
     async def cancel_unless_waited(self, w: Watch) -> None:
