@@ -9,6 +9,7 @@ processors, so they are JSON lines too and redacted the same way.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -61,8 +62,14 @@ _PLAIN = (int, float, bool, type(None))
 
 def is_secret_key(key: object) -> bool:
     """True when a key's name says its value is a credential."""
-    name = str(key).lower()
-    return any(part in name for part in SECRET_KEY_PARTS)
+    return _is_secret_name(str(key))
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret_name(name: str) -> bool:
+    # Called for every key of every log event: the answer per name is cached.
+    lowered = name.lower()
+    return any(part in lowered for part in SECRET_KEY_PARTS)
 
 
 # Every pattern above needs one of these; most logged strings (ids, routes, event names)
