@@ -176,7 +176,7 @@ class Engine:
                 w.future.exception()
 
     async def _follow_here(self, w: Watch, deadline: float) -> Snapshot | None:
-        """Follow the job in this process (no other replica to ask)."""
+        """Follow the job in this process (no other replica to ask); finish it here."""
         result = w.last if w.last.finished else await self._follow(w, deadline)
         if result is not None:
             await self._finish(w, result)
@@ -185,9 +185,8 @@ class Engine:
     async def _coordinated(self, w: Watch, deadline: float) -> Snapshot | None:
         """Follow the job here, unless another replica already does: then wait for its
         outcome in the shared store, and take over when its lease lapses."""
-        if w.last.finished:  # the create itself answered the result
-            await self._finish(w, w.last)
-            return w.last
+        if w.last.finished:  # the create itself answered the result: nothing to follow
+            return await self._follow_here(w, deadline)
         coordinator = self.coordinator
         key = w.ref.key
         while self._loop.time() < deadline:
