@@ -109,7 +109,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
         job_id = resp.headers.get("X-Job-Id")
         resp.headers["X-Request-Id"] = request_id
         return resp
-    except web.HTTPException as exc:  # a redirect, let through by the error middleware
+    except web.HTTPException as exc:  # a redirect, re-raised by error_answer
         status = exc.status
         exc.headers["X-Request-Id"] = request_id
         raise
