@@ -227,7 +227,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     app[ENGINE] = engine
     app[ADAPTERS] = adapters
-    app[HANDLERS] = Handlers(settings, engine, store, theeye, metrics)
+    app[HANDLERS].attach(engine, store, theeye)
     try:
         yield
     finally:
@@ -260,22 +260,19 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 
 
 def _routes(app: web.Application) -> None:
-    async def create_and_wait(request: web.Request) -> web.StreamResponse:
-        return await request.app[HANDLERS].create(request, blocking=True)
-
-    async def create_compat(request: web.Request) -> web.StreamResponse:
-        return await request.app[HANDLERS].create(request, blocking=False)
-
-    async def result(request: web.Request) -> web.StreamResponse:
-        return await request.app[HANDLERS].result(request)
-
-    app.router.add_post("/{customer}/task/{task}/job", create_and_wait)
-    app.router.add_post("/{customer}/task/{task}/secret/{secret}/job", create_and_wait)
-    app.router.add_post("/task/{task}/job", create_compat)
-    app.router.add_post("/task/{task}/secret/{secret}/job", create_compat)
+    handlers = app[HANDLERS]
+    # The TheEye routes are the handlers' own bound methods: no wrapper frame per waiting
+    # client. `create` tells the blocking routes (with a customer) from the compatible ones.
+    for path in (
+        "/{customer}/task/{task}/job",
+        "/{customer}/task/{task}/secret/{secret}/job",
+        "/task/{task}/job",
+        "/task/{task}/secret/{secret}/job",
+    ):
+        app.router.add_post(path, handlers.create)
     for method in ("GET", "POST"):
-        app.router.add_route(method, "/job/{job}/result", result)
-        app.router.add_route(method, "/job/{job}/secret/{secret}/result", result)
+        app.router.add_route(method, "/job/{job}/result", handlers.result)
+        app.router.add_route(method, "/job/{job}/secret/{secret}/result", handlers.result)
     for index, configured in enumerate(app[SETTINGS].routes):
         app.router.add_route(
             configured.method, configured.path, _configured_handler(route_name(configured, index))
@@ -296,6 +293,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics if metrics is not None else Metrics()
+    app[HANDLERS] = Handlers(settings, app[METRICS])
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)
     _routes(app)

@@ -51,20 +51,22 @@ class ClientCall:
 class Handlers:
     """The client-facing routes of the TheEye flavour."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        engine: Engine,
-        store: ResultStore,
-        adapter: Adapter,
-        metrics: Metrics,
-    ) -> None:
+    # Set by attach() when the app starts: the routes are registered (as these bound methods,
+    # no wrapper frame per waiting client) before the resources exist.
+    engine: Engine
+    store: ResultStore
+    adapter: Adapter
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
+        self.metrics = metrics
+        self.default_format = FormatKind(settings.default_format)
+
+    def attach(self, engine: Engine, store: ResultStore, adapter: Adapter) -> None:
+        """Hand over the app's resources once they are open."""
         self.engine = engine
         self.store = store
         self.adapter = adapter
-        self.metrics = metrics
-        self.default_format = FormatKind(settings.default_format)
 
     # ---- parsing helpers -----------------------------------------------------------------
 
@@ -97,9 +99,10 @@ class Handlers:
 
     # ---- job-creating routes -------------------------------------------------------------
 
-    async def create(self, request: web.Request, *, blocking: bool) -> web.StreamResponse:
-        """POST /{customer}/task/{task}/job and its secret form (``blocking``: wait for the
-        result); POST /task/{task}/job: the created job at once, unless wait_result=true."""
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        """POST /{customer}/task/{task}/job and its secret form: wait for the result;
+        POST /task/{task}/job (no customer): the created job at once, unless wait_result=true."""
+        blocking = "customer" in request.match_info
         call = await self._call(request)
         params, query, fmt, budget = call.create.params, call.query, call.fmt, call.budget
         wait_result = rq.wants_wait_result(query, call.body)
@@ -120,7 +123,9 @@ class Handlers:
         prefer = budget.applied
         if budget.respond_async:
             return self._accepted(ref, watch.last, fmt, query, prefer)
-        return await self._wait_and_answer(watch, fmt, budget.seconds, query, prefer)
+        started = time.monotonic()
+        snap = await self.engine.wait(watch, budget.seconds)
+        return self._waited(watch, snap, started, fmt, query, prefer)
 
     async def _create_once(
         self, adapter: Adapter, create: CreateRequest
@@ -206,16 +211,19 @@ class Handlers:
 
     # ---- waiting and answering -----------------------------------------------------------
 
-    async def _wait_and_answer(
+    def _waited(
         self,
         watch: Watch,
+        snap: Snapshot | None,
+        started: float,
         fmt: Format,
-        seconds: float,
         query: MultiMapping[str],
         prefer: tuple[str, ...] = (),
     ) -> web.Response:
-        started = time.monotonic()
-        snap = await self.engine.wait(watch, seconds)
+        """The answer after a wait: the result, or 202 when the budget ran out first.
+
+        The callers await ``engine.wait`` themselves: one coroutine frame less for each of
+        thousands of waiting clients."""
         waited = time.monotonic() - started
         if snap is None:
             self.metrics.budget_expired.inc()
@@ -280,7 +288,9 @@ class Handlers:
         del call, create, last  # nothing of the create is needed while waiting
         if budget.respond_async:
             return self._accepted(ref, watch.last, fmt, query, budget.applied)
-        return await self._wait_and_answer(watch, fmt, budget.seconds, query, budget.applied)
+        started = time.monotonic()
+        snap = await self.engine.wait(watch, budget.seconds)
+        return self._waited(watch, snap, started, fmt, query, budget.applied)
 
     async def configured_result(self, request: web.Request) -> web.StreamResponse:
         """GET/POST /jobs/{adapter}/{job}/result: re-attach to a job of a configured route."""
@@ -311,9 +321,9 @@ class Handlers:
         else:
             await self.engine.authorize(watch.ref, watch.owner, creds)
         seconds = self.settings.wait.default_seconds if loop.timeout is None else loop.timeout
-        return await self._wait_and_answer(
-            watch, fmt, min(seconds, self.settings.wait.max_seconds), query
-        )
+        seconds = min(seconds, self.settings.wait.max_seconds)
+        started = time.monotonic()
+        return self._waited(watch, await self.engine.wait(watch, seconds), started, fmt, query)
 
     # ---- re-attach -----------------------------------------------------------------------
 

@@ -147,8 +147,10 @@ class Engine:
     async def _run(self, w: Watch) -> None:
         deadline = self._loop.time() + self.settings.wait.watch_seconds
         try:
-            if isinstance(self.coordinator, LocalCoordinator):  # one frame less per watch
-                result = await self._follow_here(w, deadline)
+            if isinstance(self.coordinator, LocalCoordinator):  # no frame more than needed
+                result = w.last if w.last.finished else await self._follow(w, deadline)
+                if result is not None:
+                    await self._finish(w, result)
             else:
                 result = await self._coordinated(w, deadline)
             if result is None:
@@ -175,18 +177,12 @@ class Engine:
             if w.future.done() and not w.future.cancelled():
                 w.future.exception()
 
-    async def _follow_here(self, w: Watch, deadline: float) -> Snapshot | None:
-        """Follow the job in this process (no other replica to ask); finish it here."""
-        result = w.last if w.last.finished else await self._follow(w, deadline)
-        if result is not None:
-            await self._finish(w, result)
-        return result
-
     async def _coordinated(self, w: Watch, deadline: float) -> Snapshot | None:
         """Follow the job here, unless another replica already does: then wait for its
         outcome in the shared store, and take over when its lease lapses."""
         if w.last.finished:  # the create itself answered the result: nothing to follow
-            return await self._follow_here(w, deadline)
+            await self._finish(w, w.last)
+            return w.last
         coordinator = self.coordinator
         key = w.ref.key
         while self._loop.time() < deadline:
