@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import hmac
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -20,7 +21,7 @@ from sync_gateway.errors import Forbidden, NotFound, PayloadTooLarge, ServiceUna
 from sync_gateway.metrics import Metrics
 from sync_gateway.render import Format, FormatKind, render_job
 from sync_gateway.render import parse_format as _parse_format
-from sync_gateway.retention import ResultStore
+from sync_gateway.retention import ResultStore, Retained
 from sync_gateway.upstream.base import (
     Adapter,
     Created,
@@ -82,8 +83,9 @@ class Handlers:
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"the request body is over {limit} bytes", limit=limit) from None
 
-    async def _call(self, request: web.Request) -> ClientCall:
-        """Everything a job-creating request asks, validated before anything goes upstream."""
+    async def _call(self, request: web.Request, adapter: Adapter) -> ClientCall:
+        """Everything a job-creating request asks, validated before anything goes upstream;
+        the caller is who ``adapter`` says the request's credentials make them."""
         if self.engine.draining:
             raise ServiceUnavailable("the gateway is shutting down; retry on another instance")
         params = rq.path_ids(request.match_info)
@@ -95,6 +97,7 @@ class Handlers:
         body = await self.read_body(request)
         parsed = rq.json_body(body)
         create = CreateRequest(params, query, body, request.content_type, creds, idem)
+        create = dataclasses.replace(create, credentials=adapter.credentials(create))
         return ClientCall(create, query, fmt, budget, parsed)
 
     # ---- job-creating routes -------------------------------------------------------------
@@ -103,14 +106,10 @@ class Handlers:
         """POST /{customer}/task/{task}/job and its secret form: wait for the result;
         POST /task/{task}/job (no customer): the created job at once, unless wait_result=true."""
         blocking = "customer" in request.match_info
-        call = await self._call(request)
-        params, query, fmt, budget = call.create.params, call.query, call.fmt, call.budget
+        call = await self._call(request, self.adapter)
+        query, fmt, budget = call.query, call.fmt, call.budget
         wait_result = rq.wants_wait_result(query, call.body)
         create = call.create
-        if "secret" in params:
-            creds = dataclasses.replace(create.credentials, secret=params["secret"])
-            create = dataclasses.replace(create, credentials=creds)
-
         ref, last, created, creds = await self._create_once(self.adapter, create)
         structlog.contextvars.bind_contextvars(job_id=ref.id)
         if wait_result:
@@ -276,9 +275,9 @@ class Handlers:
 
     async def configured(self, request: web.Request, adapter: Adapter) -> web.StreamResponse:
         """A [[routes]] entry: create through ``adapter`` and block for its answer."""
-        call = await self._call(request)
+        call = await self._call(request, adapter)
         query, fmt, budget = call.query, call.fmt, call.budget
-        create = dataclasses.replace(call.create, credentials=adapter.credentials(call.create))
+        create = call.create
         ref, last, _, creds = await self._create_once(adapter, create)
         structlog.contextvars.bind_contextvars(job_id=ref.id)
         running = self.engine.watching(ref.key)
@@ -305,25 +304,13 @@ class Handlers:
         creds = adapter.credentials(CreateRequest(params, query, b"", None, plain))
         if request.method == "POST":
             await self.read_body(request)
-        key = f"{params['adapter']}:{params['job']}"
         structlog.contextvars.bind_contextvars(job_id=params["job"])
-        retained = await self.store.get(key)
-        if retained is not None:
-            await self.engine.authorize(retained.ref, retained.owner, creds)
-            return self._answer(retained.ref, retained.snapshot, fmt)
-        watch = self.engine.watching(key)
-        if watch is None:
-            known = await self.store.ref(key)
-            if known is None:
-                raise NotFound("the gateway does not know this job (or its result has expired)")
-            await self.engine.authorize(known[0], known[1], creds)
-            watch = self.engine.watch(known[0], creds, UNKNOWN)
-        else:
-            await self.engine.authorize(watch.ref, watch.owner, creds)
-        seconds = self.settings.wait.default_seconds if loop.timeout is None else loop.timeout
-        seconds = min(seconds, self.settings.wait.max_seconds)
+        found = await self._find(adapter, params["job"], {}, creds, None)
+        if isinstance(found, Retained):
+            return self._answer(found.ref, found.snapshot, fmt)
         started = time.monotonic()
-        return self._waited(watch, await self.engine.wait(watch, seconds), started, fmt, query)
+        snap = await self.engine.wait(found, self._reattach_seconds(loop))
+        return self._waited(found, snap, started, fmt, query)
 
     # ---- re-attach -----------------------------------------------------------------------
 
@@ -339,39 +326,52 @@ class Handlers:
         )
         if request.method == "POST":
             await self.read_body(request)  # bounded; a re-sent POST body is ignored
-        ref = self.adapter.ref_for(params["job"], {"customer": query.get("customer", "")})
-        structlog.contextvars.bind_contextvars(job_id=ref.id)
-        retained = await self.store.get(ref.key)
+        structlog.contextvars.bind_contextvars(job_id=params["job"])
+        hints = {"customer": query.get("customer", "")}
+        found = await self._find(self.adapter, params["job"], hints, creds, job_secret)
+        if isinstance(found, Retained):
+            return self._answer(found.ref, found.snapshot, fmt)
+        started = time.monotonic()
+        snap = await self.engine.wait(found, self._reattach_seconds(loop))
+        counter, limit = loop.counter, loop.limit
+        if snap is None and counter is not None and (limit is None or counter < limit):
+            return self._see_other_next(found.ref, query, counter)
+        return self._waited(found, snap, started, fmt, query)
+
+    def _reattach_seconds(self, loop: rq.Loop) -> float:
+        """How long a re-attach holds: its ``timeout``, else the default; never past the cap."""
+        seconds = self.settings.wait.default_seconds if loop.timeout is None else loop.timeout
+        return min(seconds, self.settings.wait.max_seconds)
+
+    async def _find(
+        self,
+        adapter: Adapter,
+        job_id: str,
+        hints: Mapping[str, str],
+        creds: Credentials,
+        job_secret: str | None,
+    ) -> Retained | Watch:
+        """A job's kept result, or its watch, after checking that this caller may see it."""
+        key = f"{adapter.name}:{job_id}"
+        retained = await self.store.get(key)
         if retained is not None:
             await self._authorize(retained.ref, retained.owner, creds, job_secret)
-            return self._answer(retained.ref, retained.snapshot, fmt)
-        watch = await self._attach(ref, creds, job_secret)
-        seconds = self.settings.wait.default_seconds if loop.timeout is None else loop.timeout
-        started = time.monotonic()
-        snap = await self.engine.wait(watch, min(seconds, self.settings.wait.max_seconds))
-        if snap is not None:
-            self.metrics.wait_seconds.labels(outcome="finished").observe(time.monotonic() - started)
-            return self._answer(watch.ref, snap, fmt)
-        if loop.counter is not None and (loop.limit is None or loop.counter < loop.limit):
-            return self._see_other_next(watch.ref, query, loop.counter)
-        return self._accepted(watch.ref, watch.last, fmt, query)
-
-    async def _attach(self, ref: JobRef, creds: Credentials, job_secret: str | None) -> Watch:
-        """The job's watch, after checking that this caller may see the job."""
-        watch = self.engine.watching(ref.key)
+            return retained
+        watch = self.engine.watching(key)
         if watch is not None:
             await self._authorize(watch.ref, watch.owner, creds, job_secret)
             return watch
-        known = await self.store.ref(ref.key)
+        known = await self.store.ref(key)
         if known is not None:
             known_ref, owner = known
             await self._authorize(known_ref, owner, creds, job_secret)
-            if job_secret is None:
-                return self.engine.watch(known_ref, creds, UNKNOWN)
-            return self.engine.watch(known_ref, Credentials(), UNKNOWN)
+            # A secret-started job is followed through its secret URL, with no token.
+            return self.engine.watch(known_ref, Credentials() if job_secret else creds, UNKNOWN)
+        # A job this gateway never saw: the upstream decides, through the watch's own
+        # requests; a flavour that cannot find a job by its id alone refuses here (404).
+        ref = adapter.ref_for(job_id, hints)
         if job_secret is not None:
             ref = dataclasses.replace(ref, job_secret=job_secret)
-        # A job this gateway never saw: the upstream decides, through the watch's own requests.
         return self.engine.watch(ref, creds, UNKNOWN)
 
     async def _authorize(

@@ -9,6 +9,7 @@ the request ``T`` seconds (it clamps T to 10..60) and answers 303 or 408, both o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -229,7 +230,11 @@ class TheEyeAdapter:
         )
 
     def credentials(self, request: CreateRequest) -> Credentials:
-        return request.credentials
+        """The query or Authorization token, or the task's secret on the secret routes."""
+        secret = request.params.get("secret")
+        if secret is None:
+            return request.credentials
+        return dataclasses.replace(request.credentials, secret=secret)
 
     async def close(self) -> None:
         await self.batch.close()
