@@ -147,8 +147,11 @@ class Engine:
     async def _run(self, w: Watch) -> None:
         deadline = self._loop.time() + self.settings.wait.watch_seconds
         try:
-            if isinstance(self.coordinator, LocalCoordinator):  # no frame more than needed
-                result = w.last if w.last.finished else await self._follow(w, deadline)
+            if w.last.finished:  # the create itself answered the result: nothing to follow
+                result: Snapshot | None = w.last
+                await self._finish(w, w.last)
+            elif isinstance(self.coordinator, LocalCoordinator):  # no frame more than needed
+                result = await self._follow(w, deadline)
                 if result is not None:
                     await self._finish(w, result)
             else:
@@ -180,9 +183,6 @@ class Engine:
     async def _coordinated(self, w: Watch, deadline: float) -> Snapshot | None:
         """Follow the job here, unless another replica already does: then wait for its
         outcome in the shared store, and take over when its lease lapses."""
-        if w.last.finished:  # the create itself answered the result: nothing to follow
-            await self._finish(w, w.last)
-            return w.last
         coordinator = self.coordinator
         key = w.ref.key
         while self._loop.time() < deadline:
