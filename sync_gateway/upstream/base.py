@@ -46,10 +46,6 @@ class Credentials:
     def _extra_parts(self) -> tuple[str, ...]:
         return tuple(f"{k}={v}" for k, v in self.extra)
 
-    @property
-    def empty(self) -> bool:
-        return not (self.access_token or self.authorization or self.secret or self.extra)
-
     def __repr__(self) -> str:  # never print a credential by accident
         return "Credentials(<redacted>)"
 
