@@ -43,6 +43,12 @@ class Credentials:
             h.update(b"\x1f")
         return h.digest()
 
+    def forwarded(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(query parameters, headers) that carry the token upstream as the caller sent it."""
+        params = {"access_token": self.access_token} if self.access_token else {}
+        headers = {"Authorization": self.authorization} if self.authorization else {}
+        return params, headers
+
     def _extra_parts(self) -> tuple[str, ...]:
         return tuple(f"{k}={v}" for k, v in self.extra)
 

@@ -60,13 +60,6 @@ def rejected(resp: Response) -> UpstreamRejected:
     return UpstreamRejected(resp.status, resp.body, resp.headers.get("Content-Type"), keep)
 
 
-def auth_params(credentials: Credentials) -> tuple[dict[str, str], dict[str, str]]:
-    """(query params, headers) that carry the caller's credentials upstream."""
-    params = {"access_token": credentials.access_token} if credentials.access_token else {}
-    headers = {"Authorization": credentials.authorization} if credentials.authorization else {}
-    return params, headers
-
-
 class TheEyeAdapter:
     """Talks to a TheEye supervisor."""
 
@@ -158,7 +151,7 @@ class TheEyeAdapter:
         # request timeout covers what it will really do, plus the ordinary answer time.
         asked = int(min(max(timeout, 1.0), SUPERVISOR_MAX_TIMEOUT))
         held = min(max(asked, SUPERVISOR_MIN_TIMEOUT), SUPERVISOR_MAX_TIMEOUT)
-        params, headers = auth_params(credentials)
+        params, headers = credentials.forwarded()
         params.update({"full": "", "timeout": str(asked)})
         if ref.customer and not ref.job_secret:
             params["customer"] = ref.customer
@@ -174,7 +167,7 @@ class TheEyeAdapter:
         return Progress(self._finished_or_rejected(resp), long_polled=True)
 
     async def _get_document(self, ref: JobRef, credentials: Credentials) -> Snapshot:
-        params, headers = auth_params(credentials)
+        params, headers = credentials.forwarded()
         assert ref.customer is not None
         resp = await self.client.request(
             "job",
@@ -220,7 +213,7 @@ class TheEyeAdapter:
     async def cancel(self, ref: JobRef, credentials: Credentials) -> None:
         if not ref.customer:
             return
-        params, headers = auth_params(credentials)
+        params, headers = credentials.forwarded()
         await self.client.request(
             "cancel",
             "PUT",

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import structlog
 
-from sync_gateway.errors import GatewayError, UpstreamRejected
+from sync_gateway.errors import GatewayError
 from sync_gateway.upstream.base import FINAL_LIFECYCLES, Credentials
 from sync_gateway.upstream.http import UpstreamClient
 
@@ -99,30 +99,18 @@ class BatchWatcher:
                 _settle(future, None if key in self.refused else False)
 
     async def _list(self, key: tuple[str, bytes], group: _Group, ids: list[str]) -> list[str]:
-        creds = group.credentials
+        """Which of ``ids`` have finished, by one listing; [] when it cannot tell now."""
+        query, headers = group.credentials.forwarded()
         params = [("where[_id][$in][]", job_id) for job_id in ids]
         params += [("where[lifecycle][$in][]", lifecycle) for lifecycle in _FINAL]
-        if creds.access_token:
-            params.append(("access_token", creds.access_token))
-        headers = {"Authorization": creds.authorization} if creds.authorization else {}
+        params += list(query.items())
+        url = f"{self.base}/{quote(group.customer, safe='')}/job"
         try:
-            resp = await self.client.request(
-                "list",
-                "GET",
-                f"{self.base}/{quote(group.customer, safe='')}/job",
-                params=params,
-                headers=headers,
-            )
+            resp = await self.client.request("list", "GET", url, params=params, headers=headers)
             if 400 <= resp.status < 500:
-                raise UpstreamRejected(resp.status, resp.body, resp.content_type)
+                self._refuse(key, group, resp.status)
+                return []
             docs = resp.json() if resp.status == 200 else None
-        except UpstreamRejected as exc:
-            log.warning("job_listing_refused", customer=group.customer, status=exc.status)
-            self.refused.add(key)
-            for future in group.pending.values():
-                _settle(future, None)
-            group.pending.clear()
-            return []
         except GatewayError as exc:
             log.warning("job_listing_failed", customer=group.customer, error=exc.code)
             return []
@@ -136,6 +124,14 @@ class BatchWatcher:
             and isinstance(doc.get("id"), str)
             and doc.get("lifecycle") in FINAL_LIFECYCLES
         ]
+
+    def _refuse(self, key: tuple[str, bytes], group: _Group, status: int) -> None:
+        """The upstream will not list for this caller: its jobs are watched another way."""
+        log.warning("job_listing_refused", customer=group.customer, status=status)
+        self.refused.add(key)
+        for future in group.pending.values():
+            _settle(future, None)
+        group.pending.clear()
 
     async def close(self) -> None:
         for task in list(self._tasks):
