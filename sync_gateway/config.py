@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yarl
 
@@ -220,8 +219,6 @@ def _coerce(key: str, hint: Any, raw: Any, from_text: bool) -> Any:
         if isinstance(raw, str):
             return raw
         raise ConfigError(f"{key}: {raw!r} is not a string")
-    if origin in (Union, types.UnionType):  # pragma: no cover - no optional fields yet
-        raise ConfigError(f"{key}: unsupported type")
     raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover
 
 
