@@ -72,14 +72,15 @@ class MemoryStore:
         self._results: OrderedDict[str, Retained] = OrderedDict()
         self._bytes = 0
         self._refs: OrderedDict[str, tuple[JobRef, bytes, float]] = OrderedDict()
-        self._claims: dict[str, tuple[asyncio.Future[JobRef], float]] = {}
+        self._claims: OrderedDict[str, tuple[asyncio.Future[JobRef], float]] = OrderedDict()
 
     def _now(self) -> float:
         return time.monotonic()
 
     def _expire(self) -> None:
         now = self._now()
-        # Insertion order is expiry order: every entry lives `seconds` from when it was put.
+        # Insertion order is expiry order (every entry of a kind lives equally long from when it
+        # was put): only the oldest entries are looked at, never the whole store.
         while self._results:
             key, item = next(iter(self._results.items()))
             if item.expires_at > now:
@@ -87,8 +88,8 @@ class MemoryStore:
             self._drop(key)
         while self._refs and next(iter(self._refs.values()))[2] <= now:
             self._refs.popitem(last=False)
-        for key in [k for k, (_, exp) in self._claims.items() if exp <= now]:
-            del self._claims[key]
+        while self._claims and next(iter(self._claims.values()))[1] <= now:
+            self._claims.popitem(last=False)
         self._publish()
 
     def _drop(self, key: str) -> None:
