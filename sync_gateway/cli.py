@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sync_gateway import __version__
-from sync_gateway.config import ConfigError, Settings, load, redacted
+from sync_gateway.config import Settings, load, redacted
+from sync_gateway.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from sync_gateway.emulator import EmulatorSettings

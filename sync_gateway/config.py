@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,11 +19,11 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yarl
 
+from sync_gateway.core.errors import ConfigError
+from sync_gateway.render.common import DEFAULT_DENIED
+
 ENV_PREFIX = "SYNC_GATEWAY_"
-
-
-class ConfigError(Exception):
-    """A setting is unknown or has a bad value; the message is one line naming the key."""
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 WaitMode = Literal["long-poll", "poll"]
@@ -98,6 +99,16 @@ class StoreSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    """Who may see a job, and what task output may set."""
+
+    # The key of creator fingerprints (HMAC). Empty: a random one per process (memory
+    # store), or one generated once and kept in Redis (Redis store).
+    fingerprint_key: str = ""
+    task_headers_denied: tuple[str, ...] = DEFAULT_DENIED
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """One client-facing route served by a non-default adapter."""
 
@@ -106,6 +117,16 @@ class RouteSettings:
     adapter: AdapterName
     upstream: str
     name: str = ""
+
+
+def route_name(route: RouteSettings, index: int) -> str:
+    """The name a configured route's jobs are known by (``/jobs/{name}/{id}/result``)."""
+    return route.name or f"{route.adapter}-{index}"
+
+
+def placeholders(template: str) -> list[str]:
+    """The ``{name}`` placeholders of a route path or upstream URL template."""
+    return _PLACEHOLDER.findall(template)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +139,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     log: LogSettings = field(default_factory=LogSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     default_format: FormatName = "output"
     cancel_on_disconnect: bool = False
     routes: tuple[RouteSettings, ...] = ()
@@ -130,6 +152,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "retention": RetentionSettings,
     "log": LogSettings,
     "store": StoreSettings,
+    "security": SecuritySettings,
 }
 
 
@@ -143,6 +166,10 @@ def _non_negative(value: float) -> str | None:
 
 def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number 0..65535"
+
+
+def _key_length(value: str) -> str | None:
+    return None if not value or len(value) >= 16 else "must be at least 16 characters"
 
 
 def _http_url(value: str) -> str | None:
@@ -177,7 +204,18 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "wait.watch_seconds": _positive,
     "retention.seconds": _non_negative,
     "retention.max_bytes": _non_negative,
+    "security.fingerprint_key": _key_length,
 }
+_SECRET_KEYS = ("key", "password", "secret", "token")
+
+
+def _shown(key: str, value: Any) -> str:
+    """A value as a config error may print it: never a secret, credentials in URLs masked."""
+    if any(part in key.rsplit(".", 1)[-1] for part in _SECRET_KEYS):
+        return "(value hidden)"
+    from sync_gateway.logging import scrub
+
+    return scrub(repr(value))
 
 
 def _coerce(key: str, hint: Any, raw: Any, from_text: bool) -> Any:
@@ -187,7 +225,7 @@ def _coerce(key: str, hint: Any, raw: Any, from_text: bool) -> Any:
         allowed = get_args(hint)
         if raw not in allowed:
             choices = ", ".join(repr(a) for a in allowed)
-            raise ConfigError(f"{key}: {raw!r} is not one of {choices}")
+            raise ConfigError(f"{key}: {_shown(key, raw)} is not one of {choices}")
         return raw
     if hint is bool:
         if isinstance(raw, bool):
@@ -196,7 +234,7 @@ def _coerce(key: str, hint: Any, raw: Any, from_text: bool) -> Any:
             return True
         if from_text and str(raw).lower() in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{key}: {raw!r} is not a boolean (true or false)")
+        raise ConfigError(f"{key}: {_shown(key, raw)} is not a boolean (true or false)")
     if hint is int:
         if isinstance(raw, int) and not isinstance(raw, bool):
             return raw
@@ -205,7 +243,7 @@ def _coerce(key: str, hint: Any, raw: Any, from_text: bool) -> Any:
                 return int(str(raw).replace("_", ""))
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: {raw!r} is not an integer")
+        raise ConfigError(f"{key}: {_shown(key, raw)} is not an integer")
     if hint is float:
         if isinstance(raw, int | float) and not isinstance(raw, bool):
             return float(raw)
@@ -214,11 +252,17 @@ def _coerce(key: str, hint: Any, raw: Any, from_text: bool) -> Any:
                 return float(str(raw))
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: {raw!r} is not a number")
+        raise ConfigError(f"{key}: {_shown(key, raw)} is not a number")
     if hint is str:
         if isinstance(raw, str):
             return raw
-        raise ConfigError(f"{key}: {raw!r} is not a string")
+        raise ConfigError(f"{key}: {_shown(key, raw)} is not a string")
+    if origin is tuple:
+        if from_text and isinstance(raw, str):
+            raw = [part.strip() for part in raw.split(",") if part.strip()]
+        if isinstance(raw, list | tuple) and all(isinstance(v, str) for v in raw):
+            return tuple(v.lower() for v in raw)
+        raise ConfigError(f"{key}: must be a list of strings")
     raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover
 
 
@@ -234,7 +278,7 @@ def _build(cls: type[Any], prefix: str, values: Mapping[str, Any], from_text: bo
         check = _CHECKS.get(key)
         problem = check(value) if check else None
         if problem:
-            raise ConfigError(f"{key}: {value!r} {problem}")
+            raise ConfigError(f"{key}: {_shown(key, value)} {problem}")
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -263,6 +307,14 @@ def _routes(raw: Any) -> tuple[RouteSettings, ...]:
             raise ConfigError(f"{key}.path: {route.path!r} must start with /")
         if route.method.upper() not in ("GET", "POST", "PUT"):
             raise ConfigError(f"{key}.method: {route.method!r} is not GET, POST or PUT")
+        problem = _http_url(route.upstream.replace("{", "").replace("}", ""))
+        if problem:
+            raise ConfigError(f"{key}.upstream: {problem}")
+        missing = set(placeholders(route.upstream)) - set(placeholders(route.path))
+        if missing:
+            raise ConfigError(
+                f"{key}.upstream: {sorted(missing)[0]!r} is not a parameter of {route.path!r}"
+            )
         routes.append(dataclasses.replace(route, method=route.method.upper()))
     return tuple(routes)
 
@@ -360,4 +412,6 @@ def redacted(settings: Settings) -> dict[str, Any]:
         return value
 
     result: dict[str, Any] = clean(dataclasses.asdict(settings))
+    if result["security"]["fingerprint_key"]:
+        result["security"]["fingerprint_key"] = "***"
     return result

@@ -19,9 +19,12 @@ import orjson
 from aioresponses import aioresponses
 from conftest import UPSTREAM
 
+from sync_gateway.core.errors import GatewayError, UpstreamRejected
+from sync_gateway.core.types import Credentials, Format, FormatKind, JobRef, Snapshot
+from sync_gateway.render import render
+from sync_gateway.render.common import DEFAULT_LIMITS
 from sync_gateway.emulator import EmulatorServer
-from sync_gateway.errors import GatewayError, UpstreamRejected
-from sync_gateway.upstream.base import Adapter, Credentials, JobRef, Snapshot
+from sync_gateway.upstream.base import Adapter
 
 RECORDINGS = Path(__file__).parent / "recordings"
 ID_PLACEHOLDER = "\x00job\x00"
@@ -167,10 +170,10 @@ async def step_until_final(
 def answer_of(outcome: Snapshot | GatewayError) -> tuple[int, Any]:
     """The status and the JSON body the gateway answers for a replay's outcome."""
     if isinstance(outcome, Snapshot):
-        assert outcome.rendered is not None
-        return outcome.rendered.status, orjson.loads(outcome.rendered.body)
+        rendered = render(outcome, Format(FormatKind.OUTPUT), DEFAULT_LIMITS)
+        return rendered.status, orjson.loads(rendered.body)
     assert isinstance(outcome, UpstreamRejected)
-    return outcome.status, orjson.loads(outcome.body)
+    return outcome.upstream_status, orjson.loads(outcome.body)
 
 
 def assert_no_machine_specific_origin(directory: str) -> None:

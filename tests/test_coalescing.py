@@ -18,8 +18,8 @@ import pytest
 from conftest import CUSTOMER, DELAY_TASK, INSTANT_TASK, TOKEN, Gateway
 from helpers import stats
 
-from sync_gateway.app import ENGINE
 from sync_gateway.emulator import EmulatorServer
+from sync_gateway.web.keys import ENGINE
 
 LONG_POLL_SECONDS = 1.0  # the gateway's upstream.long_poll_timeout in these tests
 OUTPUT = ['{"ok":true}']  # what the Instant and Delay tasks answer

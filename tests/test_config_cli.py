@@ -17,7 +17,7 @@ from sync_gateway.config import ConfigError, Settings, load
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO_ROOT / "config.example.toml"
-SECTIONS = ("server", "upstream", "wait", "retention", "log", "store")
+SECTIONS = ("server", "upstream", "wait", "retention", "log", "store", "security")
 
 
 def write(tmp_path: Path, text: str, name: str = "gateway.toml") -> Path:

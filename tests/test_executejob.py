@@ -24,6 +24,8 @@ from helpers import (
 from multidict import MultiDict
 
 from sync_gateway.config import RouteSettings, UpstreamSettings
+from sync_gateway.core.errors import BadRequest, GatewayError
+from sync_gateway.core.types import CreateRequest, Credentials, Snapshot
 from sync_gateway.emulator.executejob_emulator import (
     API_KEY,
     APP_ID,
@@ -33,10 +35,9 @@ from sync_gateway.emulator.executejob_emulator import (
     ExecuteJobEmulatorSettings,
     seed_results,
 )
-from sync_gateway.errors import BadRequest, GatewayError
 from sync_gateway.metrics import Metrics
-from sync_gateway.upstream.base import CreateRequest, Credentials, Snapshot
-from sync_gateway.upstream.executejob import ExecuteJobAdapter, without_schema
+from sync_gateway.render.executejob import without_schema
+from sync_gateway.upstream.executejob import ExecuteJobAdapter
 from sync_gateway.upstream.http import UpstreamClient
 
 MESSAGE = "Step 'Load companies' failed: connection refused"

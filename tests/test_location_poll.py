@@ -23,15 +23,15 @@ from helpers import (
 from multidict import MultiDict
 
 from sync_gateway.config import RouteSettings, UpstreamSettings
+from sync_gateway.core.errors import GatewayError
+from sync_gateway.core.types import CreateRequest, Credentials, Snapshot
 from sync_gateway.emulator.location_emulator import (
     CREDENTIAL,
     SEED_BODY,
     LocationEmulator,
     LocationEmulatorSettings,
 )
-from sync_gateway.errors import GatewayError
 from sync_gateway.metrics import Metrics
-from sync_gateway.upstream.base import CreateRequest, Credentials, Snapshot
 from sync_gateway.upstream.http import UpstreamClient
 from sync_gateway.upstream.location import LocationPollAdapter, resolve_location
 
@@ -333,6 +333,8 @@ async def run_adapter(session: aiohttp.ClientSession) -> Snapshot | GatewayError
         created = await adapter.create(request)
     except GatewayError as exc:
         return exc
+    if created.snapshot.finished:  # answered at once: the engine follows nothing
+        return created.snapshot
     return await step_until_final(adapter, created.ref, creds)
 
 
@@ -357,8 +359,7 @@ async def test_recorded_exchange_replays(name: str, status: int, body: Any) -> N
     outcome, sent = await replay(exchanges, run_adapter)
     assert answer_of(outcome) == (status, body)
     if isinstance(outcome, Snapshot):
-        assert outcome.rendered is not None
-        assert outcome.size == len(outcome.rendered.body)
+        assert outcome.size == len(outcome.payload)
     assert len(sent) == len(exchanges)  # every recorded answer used, nothing asked twice
     assert sum("/exec/result/" in url for _, url in sent) <= 1
 

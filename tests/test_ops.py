@@ -20,10 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import sync_gateway
 from sync_gateway import cli
-from sync_gateway.app import ENGINE, OPENAPI_PATH
 from sync_gateway.config import load
 from sync_gateway.emulator import EmulatorServer
 from sync_gateway.metrics import Metrics
+from sync_gateway.web.keys import ENGINE
+from sync_gateway.web.views_ops import OPENAPI_PATH
 
 CREATE_ROUTE = "/{customer}/task/{task}/job"
 RESULT_ROUTE = "/job/{job}/result"

@@ -20,9 +20,9 @@ import pytest
 from conftest import CUSTOMER, DELAY_TASK, TOKEN, Gateway, gateway_settings, start_gateway
 from test_store import RedisServer, running_redis
 
-from sync_gateway.app import ENGINE, METRICS, REDIS
 from sync_gateway.emulator import EmulatorServer
-from sync_gateway.shared_store import backend as shared_store_backend
+from sync_gateway.store.redis import backend as shared_store_backend
+from sync_gateway.web.keys import ENGINE, METRICS, REDIS
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 DELAY_OUTPUT = ['{"ok":true}']

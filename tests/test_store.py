@@ -18,14 +18,16 @@ from typing import Any
 import pytest
 from conftest import gateway_settings
 
+from sync_gateway.core.access import Fingerprints
+from sync_gateway.core.types import Credentials, JobRef, Retained, Snapshot
 from sync_gateway.metrics import Metrics
-from sync_gateway.render import Rendered
-from sync_gateway.retention import MemoryStore, ResultStore, Retained
-from sync_gateway.shared_store import RedisBackend
-from sync_gateway.upstream.base import Credentials, JobRef, Snapshot
+from sync_gateway.store.base import ResultStore
+from sync_gateway.store.memory import MemoryStore
+from sync_gateway.store.redis import RedisBackend
 
-OWNER = Credentials(access_token="demo-token").digest()
-OTHER = Credentials(access_token="other-token").digest()
+FINGERPRINTS = Fingerprints(b"a test key of 32 bytes, no more.")
+OWNER = FINGERPRINTS.of(Credentials(access_token="demo-token"))
+OTHER = FINGERPRINTS.of(Credentials(access_token="other-token"))
 
 
 # ---- a real redis-server -------------------------------------------------------------------
@@ -164,8 +166,7 @@ def ref(job: str = "j1", **kw: Any) -> JobRef:
 
 def finished(body: bytes = b'["hello"]', size: int = 100) -> Snapshot:
     document = {"id": "j1", "state": "success", "lifecycle": "finished", "output": ["hello"]}
-    rendered = Rendered(201, body, "application/json", (("X-Thing", "1"),), ("Connection",))
-    return Snapshot(True, "success", "finished", document, rendered, size)
+    return Snapshot(True, "success", "finished", document, "location", body, size)
 
 
 def retained(job: str = "j1", seconds: float = 60.0, size: int = 100) -> Retained:
@@ -192,7 +193,7 @@ async def test_put_result_is_read_back_whole(make_store: StoreFactory) -> None:
     assert got is not None
     assert got.ref == item.ref
     assert got.snapshot == item.snapshot
-    assert got.snapshot.rendered is not None and got.snapshot.rendered.body == b'["hello"]'
+    assert got.snapshot.payload == b'["hello"]'
     assert got.owner == OWNER
     assert got.expires_at > time.monotonic()
 
@@ -305,7 +306,7 @@ async def test_concurrent_claims_have_one_winner(make_store: StoreFactory) -> No
 async def test_a_kept_document_reads_back_equal_to_the_one_put(make_store: StoreFactory) -> None:
     store = await make_store()
     document = {"id": "j2", "state": "failure", "lifecycle": "finished", "output": ["x", "é"]}
-    snapshot = Snapshot(True, "failure", "finished", document, None, 80)
+    snapshot = Snapshot(True, "failure", "finished", document, size=80)
     await store.put(Retained(ref("j2"), snapshot, OWNER, time.monotonic() + 60))
     got = await store.get("theeye:j2")
     assert got is not None

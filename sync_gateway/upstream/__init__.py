@@ -1,40 +1,38 @@
-"""Upstream flavours. Each is one module with one adapter class; this table names them.
+"""Upstream flavours: one module with one :class:`Adapter` class each, named in one table.
 
-Adding a flavour: a new module whose class takes ``(name, client, settings, route)`` and
-implements :class:`sync_gateway.upstream.base.Adapter`, plus one line here.
+Adding a flavour: a module whose class subclasses :class:`sync_gateway.upstream.base.Adapter`,
+one line in :data:`FLAVOURS`, its name in ``config.AdapterName``, and a renderer in
+:mod:`sync_gateway.render` for the snapshots it makes.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import Final
 
-from sync_gateway.config import RouteSettings, UpstreamSettings
+from sync_gateway.config import RouteSettings, Settings, route_name
 from sync_gateway.upstream.base import Adapter
+from sync_gateway.upstream.executejob import ExecuteJobAdapter
 from sync_gateway.upstream.http import UpstreamClient
+from sync_gateway.upstream.location import LocationPollAdapter
+from sync_gateway.upstream.theeye import TheEyeAdapter
 
-FLAVOURS: dict[str, str] = {
-    "theeye": "sync_gateway.upstream.theeye:TheEyeAdapter",
-    "location-poll": "sync_gateway.upstream.location:LocationPollAdapter",
-    "executejob": "sync_gateway.upstream.executejob:ExecuteJobAdapter",
+FLAVOURS: Final[dict[str, type[Adapter]]] = {
+    "theeye": TheEyeAdapter,
+    "location-poll": LocationPollAdapter,
+    "executejob": ExecuteJobAdapter,
 }
+DEFAULT = "theeye"  # the adapter of the TheEye routes, named after its flavour
 
 
-def adapter_class(flavour: str) -> Any:
-    """The adapter class of a flavour, imported on first use."""
-    module, _, name = FLAVOURS[flavour].partition(":")
-    return getattr(importlib.import_module(module), name)
+def build_adapters(settings: Settings, client: UpstreamClient) -> dict[str, Adapter]:
+    """The default TheEye adapter and one adapter per configured route, by name."""
+    adapters: dict[str, Adapter] = {DEFAULT: TheEyeAdapter(DEFAULT, client, settings.upstream)}
+    for index, route in enumerate(settings.routes):
+        adapter = FLAVOURS[route.adapter](
+            route_name(route, index), client, settings.upstream, route
+        )
+        adapters[adapter.name] = adapter
+    return adapters
 
 
-def route_name(route: RouteSettings, index: int) -> str:
-    """The name a configured route's jobs are known by (``/jobs/{name}/{id}/result``)."""
-    return route.name or f"{route.adapter}-{index}"
-
-
-def build_route_adapter(
-    route: RouteSettings, index: int, client: UpstreamClient, settings: UpstreamSettings
-) -> Adapter:
-    adapter: Adapter = adapter_class(route.adapter)(
-        route_name(route, index), client, settings, route
-    )
-    return adapter
+__all__ = ["DEFAULT", "FLAVOURS", "Adapter", "RouteSettings", "build_adapters"]

@@ -1,211 +1,103 @@
-"""The small interface every upstream flavour implements, and the types it trades in.
+"""The small interface every upstream flavour implements, and the helpers they share.
 
-The waiting engine knows nothing of any protocol: it asks an :class:`Adapter` to create a job,
-to take one *watch step* (a long poll, or one poll) and to read a job's current state.
+The engine knows nothing of any protocol: it asks an :class:`Adapter` to create a job, to
+take one *watch step* (a long poll, or one poll), and the access decision asks it whether the
+upstream accepts a caller's own credentials for a job. What a flavour does not have (cancel,
+a ref for a job it never saw, resources to close) has a default here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import zlib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+import abc
+from collections.abc import Mapping
+from typing import ClassVar
 
-import orjson
-from multidict import MultiMapping
+from multidict import MultiDict
 
-from sync_gateway.render import Rendered
+from sync_gateway.config import RouteSettings, UpstreamSettings
+from sync_gateway.core.errors import NotFound, UpstreamRejected
+from sync_gateway.core.types import Created, CreateRequest, Credentials, JobRef, Progress
+from sync_gateway.upstream.http import Response, UpstreamClient
 
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """What the caller authenticated with; forwarded upstream unchanged, never logged."""
-
-    access_token: str | None = None
-    authorization: str | None = None
-    secret: str | None = None
-    extra: tuple[tuple[str, str], ...] = ()
-
-    def digest(self) -> bytes:
-        """A digest to compare callers by without keeping their credentials.
-
-        A token sent as ``?access_token=T`` and as ``Authorization: Bearer T`` is one caller."""
-        token, authorization = self.access_token, self.authorization
-        if authorization and authorization[:7].lower() == "bearer ":
-            bearer = authorization[7:].strip()
-            if token is None or token == bearer:
-                token, authorization = bearer, None
-        h = hashlib.sha256()
-        for part in (token, authorization, self.secret, *self._extra_parts()):
-            h.update(b"\x00" if part is None else b"\x01" + part.encode("utf-8", "replace"))
-            h.update(b"\x1f")
-        return h.digest()
-
-    def forwarded(self) -> tuple[dict[str, str], dict[str, str]]:
-        """(query parameters, headers) that carry the token upstream as the caller sent it."""
-        params = {"access_token": self.access_token} if self.access_token else {}
-        headers = {"Authorization": self.authorization} if self.authorization else {}
-        return params, headers
-
-    def _extra_parts(self) -> tuple[str, ...]:
-        return tuple(f"{k}={v}" for k, v in self.extra)
-
-    def __repr__(self) -> str:  # never print a credential by accident
-        return "Credentials(<redacted>)"
+# Query parameters that belong to the gateway and never go upstream on a create.
+GATEWAY_PARAMS = frozenset(
+    {"output", "parse", "result", "full", "timeout", "limit", "counter", "wait_result"}
+)
+# Of a refusal's headers, those a client needs to act on it.
+PASSED_HEADERS = frozenset({"retry-after", "www-authenticate"})
 
 
-@dataclass(frozen=True, slots=True)
-class JobRef:
-    """Everything needed to find one job again upstream."""
-
-    adapter: str
-    id: str
-    customer: str | None = None
-    job_secret: str | None = None
-    poll_url: str | None = None
-    extra: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def key(self) -> str:
-        """The engine's and the store's key for this job."""
-        return f"{self.adapter}:{self.id}"
-
-    def __repr__(self) -> str:
-        return f"JobRef({self.adapter}:{self.id})"
+def rejected(resp: Response) -> UpstreamRejected:
+    """A 4xx answer to pass through, with the headers a client needs from it."""
+    keep = tuple((k, v) for k, v in resp.headers.items() if k.lower() in PASSED_HEADERS)
+    return UpstreamRejected(resp.status, resp.body, resp.headers.get("Content-Type"), keep)
 
 
-FINAL_LIFECYCLES = frozenset({"finished", "completed", "terminated", "canceled", "expired"})
-FINAL_STATES = frozenset({"success", "failure", "timeout", "canceled", "error"})
+def create_query(request: CreateRequest, *, one_credential: bool = False) -> MultiDict[str]:
+    """The client's query as it goes upstream on a create, the gateway's own flags removed.
+    With ``one_credential`` (an upstream that refuses two, as TheEye's passport does), the
+    query's token is dropped when an ``Authorization`` header goes (Credentials.forwarded)."""
+    drop = GATEWAY_PARAMS
+    if one_credential and request.credentials.authorization:
+        drop = drop | {"access_token"}
+    return MultiDict((k, v) for k, v in request.query.items() if k not in drop)
 
 
-class StoredDocument(Mapping[str, Any]):
-    """A job document kept as compressed JSON text, parsed when read.
-
-    A parsed job document costs some 5 KB of Python objects, its JSON text a third of that and
-    compressed a seventh: a store holding thousands of finished results keeps it so."""
-
-    __slots__ = ("packed",)
-
-    def __init__(self, document: Mapping[str, Any]) -> None:
-        self.packed = zlib.compress(orjson.dumps(document), 1)
-
-    def load(self) -> dict[str, Any]:
-        value: dict[str, Any] = orjson.loads(zlib.decompress(self.packed))
-        return value
-
-    def __getitem__(self, key: str) -> Any:
-        return self.load()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.load())
-
-    def __len__(self) -> int:
-        return len(self.load())
+def create_headers(request: CreateRequest, **extra: str) -> dict[str, str]:
+    """The headers of a create: the caller's Authorization and the body's Content-Type."""
+    headers = dict(extra)
+    if request.credentials.authorization:
+        headers["Authorization"] = request.credentials.authorization
+    if request.body:
+        headers["Content-Type"] = request.content_type or "application/json"
+    return headers
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """What the upstream says about a job at one moment."""
+class Adapter(abc.ABC):
+    """One upstream flavour. ``name`` is what its jobs are known by (``theeye``, or a
+    configured route's name); ``flavour`` is the protocol."""
 
-    finished: bool
-    state: str
-    lifecycle: str
-    document: Mapping[str, Any] = field(default_factory=dict)
-    # An adapter whose protocol fixes the answer (location polling, executeJob) renders it
-    # itself; TheEye snapshots are rendered from `document` in the client's format.
-    rendered: Rendered | None = None
-    size: int = 0
+    flavour: ClassVar[str]
 
-    def loaded(self) -> Mapping[str, Any]:
-        """The document, parsed (once) if it is kept as text."""
-        doc = self.document
-        return doc.load() if isinstance(doc, StoredDocument) else doc
+    def __init__(
+        self,
+        name: str,
+        client: UpstreamClient,
+        settings: UpstreamSettings,
+        route: RouteSettings | None = None,
+    ) -> None:
+        self.name = name
+        self.client = client
+        self.settings = settings
+        self.route = route
 
-    def compact(self) -> Snapshot:
-        """The same snapshot as it is worth keeping for an hour: the document packed, and every
-        byte string an exact copy (orjson's bytes keep the capacity of its write buffer, some
-        16 KB whatever their length)."""
-        document = self.document
-        if document and not isinstance(document, StoredDocument):
-            document = StoredDocument(document)
-        rendered = self.rendered
-        if rendered is not None:
-            rendered = dataclasses.replace(rendered, body=bytes(memoryview(rendered.body)))
-        return dataclasses.replace(self, document=document, rendered=rendered)
-
-    def summary(self, job_id: str) -> dict[str, Any]:
-        """The small JSON body of a 202: where the job stands."""
-        return {"id": job_id, "state": self.state, "lifecycle": self.lifecycle}
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """The outcome of one watch step."""
-
-    snapshot: Snapshot | None
-    long_polled: bool = False
-    retry_after: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CreateRequest:
-    """A client's job-creating call, as it goes upstream."""
-
-    params: Mapping[str, str]
-    query: MultiMapping[str]
-    body: bytes
-    content_type: str | None
-    credentials: Credentials
-    idempotency_key: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Created:
-    """The upstream's answer to a create: the job's ref and the raw answer for pass-through."""
-
-    ref: JobRef
-    snapshot: Snapshot
-    status: int
-    body: bytes
-    content_type: str
-    # The credentials to watch the job with and to recognise its owner by, when the adapter
-    # finds them somewhere else than the query and Authorization (executeJob's body apiKey).
-    credentials: Credentials | None = None
-
-
-class Adapter(Protocol):
-    """One upstream flavour."""
-
-    name: str
-
+    @abc.abstractmethod
     async def create(self, request: CreateRequest) -> Created:
         """Create the job upstream; raise an UpstreamError subclass on failure."""
-        ...
 
+    @abc.abstractmethod
     async def step(self, ref: JobRef, credentials: Credentials, timeout: float) -> Progress:
         """Learn whether the job finished: block up to ``timeout`` when the protocol can."""
-        ...
 
-    async def fetch(self, ref: JobRef, credentials: Credentials) -> Snapshot:
-        """The job's state now, as the caller with ``credentials`` may see it."""
-        ...
+    @abc.abstractmethod
+    async def check_access(self, ref: JobRef, credentials: Credentials) -> None:
+        """Return when the upstream accepts ``credentials`` (the caller's own) for the job;
+        raise its refusal (UpstreamRejected) or Forbidden otherwise. One cheap request."""
 
-    async def cancel(self, ref: JobRef, credentials: Credentials) -> None:
-        """Ask the upstream to cancel the job."""
-        ...
+    async def cancel(self, ref: JobRef, credentials: Credentials) -> int | None:
+        """Ask the upstream to cancel the job: its answer's status, None when the protocol
+        has no cancel."""
+        return None
 
-    def ref_for(self, job_id: str, params: Mapping[str, str]) -> JobRef:
-        """A ref for a job the gateway did not create (a re-attach)."""
-        ...
-
-    async def close(self) -> None:
-        """Release what the adapter holds of its own (at shutdown)."""
-        ...
+    def ref_for(self, job_id: str, hints: Mapping[str, str]) -> JobRef:
+        """A ref for a job the gateway did not create (a re-attach), when the protocol can
+        find a job by its id alone."""
+        raise NotFound("the gateway does not know this job (or its result has expired)")
 
     def credentials(self, request: CreateRequest) -> Credentials:
         """Who the caller is, as this protocol carries it (the query and Authorization
-        usually; executeJob's ``apiKey`` in the body). Used for ownership and idempotency;
-        on a re-attach ``request.body`` is empty."""
-        ...
+        usually). Used for ownership and idempotency; on a re-attach the body is empty."""
+        return request.credentials
+
+    async def close(self) -> None:  # noqa: B027 (a default, not an abstract method)
+        """Release what the adapter holds of its own (at shutdown)."""

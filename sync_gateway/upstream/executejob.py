@@ -36,15 +36,13 @@ from typing import Any
 import orjson
 
 from sync_gateway.config import RouteSettings, UpstreamSettings
-from sync_gateway.errors import (
+from sync_gateway.core.errors import (
     BadRequest,
     Forbidden,
-    NotFound,
     UpstreamBadResponse,
     UpstreamUnavailable,
 )
-from sync_gateway.render import JSON_CONTENT_TYPE, Rendered, json_body
-from sync_gateway.upstream.base import (
+from sync_gateway.core.types import (
     Created,
     CreateRequest,
     Credentials,
@@ -52,8 +50,8 @@ from sync_gateway.upstream.base import (
     Progress,
     Snapshot,
 )
+from sync_gateway.upstream.base import Adapter, rejected
 from sync_gateway.upstream.http import RETRY_STATUSES, Response, UpstreamClient
-from sync_gateway.upstream.theeye import rejected
 
 _JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 COMPLETED = "completed"
@@ -93,35 +91,23 @@ def api_key_of(credentials: Credentials) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def without_schema(results: list[Any]) -> list[Any]:
-    """``results`` with each ``results[i].result.schema`` removed (``noResultSchema``)."""
-    out: list[Any] = []
-    for item in results:
-        if isinstance(item, dict) and isinstance(item.get("result"), dict):
-            inner = {k: v for k, v in item["result"].items() if k != "schema"}
-            item = {**item, "result": inner}
-        out.append(item)
-    return out
-
-
-def render_status(job_id: str, result: Mapping[str, Any], no_schema: bool) -> Snapshot:
-    """A Snapshot from getJobStatus's ``result``: finished and rendered when final."""
+def status_snapshot(job_id: str, result: Mapping[str, Any], no_schema: bool, size: int) -> Snapshot:
+    """A Snapshot from getJobStatus's ``result``: finished when its status is final. The
+    answer is made from it by :mod:`sync_gateway.render.executejob`."""
     status = str(result.get("status") or "")
-    results = result.get("results")
-    if isinstance(results, list) and no_schema:
-        results = without_schema(results)
-    if status == COMPLETED:
-        answer = {"status": "success", "result": {"results": results or []}}
-        rendered = Rendered(200, json_body(answer), JSON_CONTENT_TYPE)
-        return Snapshot(True, "success", status, rendered=rendered, size=len(rendered.body))
-    if status in FAILED:
-        message = result.get("message") or f"the job ended with status {status}"
-        error: dict[str, Any] = {"message": message, "jobStatus": status, "jobId": job_id}
-        if results:
-            error["results"] = results
-        rendered = Rendered(500, json_body({"status": "error", "result": error}), JSON_CONTENT_TYPE)
-        return Snapshot(True, "failure", status, rendered=rendered, size=len(rendered.body))
-    return Snapshot(False, "in_progress", status or "running", {"jobStatus": status})
+    if status != COMPLETED and status not in FAILED:
+        return Snapshot(
+            False, "in_progress", status or "running", {"jobStatus": status}, "executejob"
+        )
+    document = {
+        "jobId": job_id,
+        "status": status,
+        "results": result.get("results"),
+        "message": result.get("message"),
+        "noResultSchema": no_schema,
+    }
+    state = "success" if status == COMPLETED else "failure"
+    return Snapshot(True, state, status, document, "executejob", size=size)
 
 
 def _error_answer(resp: Response) -> bool:
@@ -158,15 +144,21 @@ def _answer(resp: Response, *, polling: bool) -> Mapping[str, Any]:
     return result
 
 
-class ExecuteJobAdapter:
+class ExecuteJobAdapter(Adapter):
     """Talks to an executeJob.jsp / getJobStatus.jsp API (InfoLink REST style)."""
 
+    flavour = "executejob"
+
     def __init__(
-        self, name: str, client: UpstreamClient, settings: UpstreamSettings, route: RouteSettings
+        self,
+        name: str,
+        client: UpstreamClient,
+        settings: UpstreamSettings,
+        route: RouteSettings | None = None,
     ) -> None:
-        self.name = name
-        self.client = client
-        self.settings = settings
+        if route is None:
+            raise ValueError("an executejob adapter serves a configured route")
+        super().__init__(name, client, settings, route)
         self.base = route.upstream.rstrip("/")
 
     def _job_body(self, request: CreateRequest) -> tuple[dict[str, Any], str | None]:
@@ -211,7 +203,7 @@ class ExecuteJobAdapter:
             extra=(("appId", str(_scalar(body["appId"]))), ("noResultSchema", str(no_schema))),
         )
         creds = Credentials(extra=(("apiKey", key),)) if key is not None else Credentials()
-        snap = Snapshot(False, "in_progress", "started", {"jobId": job_id})
+        snap = Snapshot(False, "in_progress", "started", {"jobId": job_id}, "executejob")
         return Created(ref, snap, resp.status, resp.body, resp.content_type, credentials=creds)
 
     async def _status(self, ref: JobRef, credentials: Credentials) -> Response:
@@ -233,21 +225,15 @@ class ExecuteJobAdapter:
         if resp.status in RETRY_STATUSES:  # still there after the retries: come back later
             return Progress(None, retry_after=resp.retry_after)
         no_schema = dict(ref.extra).get("noResultSchema") == "True"
-        snap = render_status(ref.id, _answer(resp, polling=True), no_schema)
+        result = _answer(resp, polling=True)
+        snap = status_snapshot(ref.id, result, no_schema, len(resp.body))
         return Progress(snap, long_polled=False, retry_after=resp.retry_after)
 
-    async def fetch(self, ref: JobRef, credentials: Credentials) -> Snapshot:
+    async def check_access(self, ref: JobRef, credentials: Credentials) -> None:
+        """One getJobStatus with the caller's own apiKey."""
         if api_key_of(credentials) is None:
             raise Forbidden("an apiKey is needed to see this job")
-        resp = await self._status(ref, credentials)
-        no_schema = dict(ref.extra).get("noResultSchema") == "True"
-        return render_status(ref.id, _answer(resp, polling=True), no_schema)
-
-    async def cancel(self, ref: JobRef, credentials: Credentials) -> None:
-        """The protocol has no cancel."""
-
-    async def close(self) -> None:
-        """Nothing of its own to release."""
+        _answer(await self._status(ref, credentials), polling=True)
 
     def credentials(self, request: CreateRequest) -> Credentials:
         """The apiKey (body first, then query) is who the caller is."""
@@ -263,6 +249,3 @@ class ExecuteJobAdapter:
         if key is None:
             return request.credentials
         return Credentials(extra=(("apiKey", key),))
-
-    def ref_for(self, job_id: str, params: Mapping[str, str]) -> JobRef:
-        raise NotFound("the gateway does not know this job (or its result has expired)")

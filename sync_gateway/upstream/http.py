@@ -30,7 +30,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from sync_gateway.config import UpstreamSettings
-from sync_gateway.errors import (
+from sync_gateway.core.errors import (
     ResultTooLarge,
     UpstreamBadResponse,
     UpstreamTimeout,

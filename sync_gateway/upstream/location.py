@@ -20,25 +20,21 @@ Decisions where the SPEC is silent:
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import NoReturn
 from urllib.parse import quote
 
 import yarl
-from multidict import MultiDict
 
-from sync_gateway.config import ConfigError, RouteSettings, UpstreamSettings
-from sync_gateway.errors import (
+from sync_gateway.config import RouteSettings, UpstreamSettings, placeholders
+from sync_gateway.core.errors import (
     Forbidden,
     NotFound,
     UpstreamBadResponse,
-    UpstreamRejected,
     UpstreamUnavailable,
 )
-from sync_gateway.render import JSON_CONTENT_TYPE, Rendered, json_body
-from sync_gateway.upstream.base import (
+from sync_gateway.core.types import (
     Created,
     CreateRequest,
     Credentials,
@@ -46,17 +42,18 @@ from sync_gateway.upstream.base import (
     Progress,
     Snapshot,
 )
+from sync_gateway.upstream.base import Adapter, create_headers, create_query, rejected
 from sync_gateway.upstream.http import RETRY_STATUSES, Response, UpstreamClient
-from sync_gateway.upstream.theeye import GATEWAY_PARAMS, rejected
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-RUNNING = Snapshot(False, "in_progress", "polling")
+RUNNING = Snapshot(False, "in_progress", "polling", kind="location")
 ACCEPT = {"Accept": "application/json"}
 
 
 def expand(template: str, params: Mapping[str, str]) -> str:
     """The upstream URL with ``{name}`` filled from the route's path params, URL-quoted."""
-    return _PLACEHOLDER.sub(lambda m: quote(params[m.group(1)], safe=""), template)
+    for name in placeholders(template):
+        template = template.replace("{" + name + "}", quote(params[name], safe=""))
+    return template
 
 
 def resolve_location(raw: str | None, base: str) -> str | None:
@@ -75,29 +72,29 @@ def resolve_location(raw: str | None, base: str) -> str | None:
     return str(url)
 
 
-def _finished(rendered: Rendered, state: str) -> Snapshot:
-    return Snapshot(True, state, "finished", rendered=rendered, size=len(rendered.body))
+def finished(status: int, body: bytes, content_type: str, state: str) -> Snapshot:
+    """The upstream's answer that is the job's result, kept as it came (render.location)."""
+    document = {"status": status, "content_type": content_type}
+    return Snapshot(True, state, "finished", document, "location", body, len(body))
 
 
-class LocationPollAdapter:
+class LocationPollAdapter(Adapter):
     """Talks to an upstream that answers 202 + Location and serves the result once."""
 
+    flavour = "location-poll"
+    route: RouteSettings
+
     def __init__(
-        self, name: str, client: UpstreamClient, settings: UpstreamSettings, route: RouteSettings
+        self,
+        name: str,
+        client: UpstreamClient,
+        settings: UpstreamSettings,
+        route: RouteSettings | None = None,
     ) -> None:
-        self.name = name
-        self.client = client
-        self.settings = settings
-        self.route = route
+        if route is None:
+            raise ValueError("a location-poll adapter serves a configured route")
+        super().__init__(name, client, settings, route)
         self.origin = yarl.URL(route.upstream).origin()
-        in_path = set(_PLACEHOLDER.findall(route.path))
-        missing = set(_PLACEHOLDER.findall(route.upstream)) - in_path
-        if missing:
-            raise ConfigError(
-                f"routes: upstream {sorted(missing)[0]!r} is not a parameter of {route.path!r}"
-            )
-        # An immediate result (a 2xx without Location) waits here for the watch's first step.
-        self._immediate: dict[str, Snapshot] = {}
 
     def _auth(self, url: str, credentials: Credentials) -> tuple[dict[str, str], dict[str, str]]:
         """(query params, headers) carrying the caller's credentials, to our origin only."""
@@ -113,20 +110,12 @@ class LocationPollAdapter:
 
     async def create(self, request: CreateRequest) -> Created:
         url = expand(self.route.upstream, request.params)
-        query: MultiDict[str] = MultiDict(
-            (k, v) for k, v in request.query.items() if k not in GATEWAY_PARAMS
-        )
-        headers = dict(ACCEPT)
-        if request.credentials.authorization:
-            headers["Authorization"] = request.credentials.authorization
-        if request.body:
-            headers["Content-Type"] = request.content_type or "application/json"
         resp = await self.client.request(
             "create",
             self.route.method,
             url,
-            params=query,
-            headers=headers,
+            params=create_query(request),
+            headers=create_headers(request, **ACCEPT),
             data=request.body or None,
             idempotent=False,
         )
@@ -142,8 +131,7 @@ class LocationPollAdapter:
             ref = JobRef(adapter=self.name, id=ref.id, poll_url=location)
             return Created(ref, RUNNING, resp.status, resp.body, resp.content_type)
         if 200 <= resp.status < 300 and resp.status != 202 and resp.body and location is None:
-            snap = _finished(Rendered(resp.status, resp.body, resp.content_type), "success")
-            self._immediate[ref.key] = snap
+            snap = finished(resp.status, resp.body, resp.content_type, "success")
             return Created(ref, snap, resp.status, resp.body, resp.content_type)
         raise UpstreamBadResponse(
             "the upstream answered the create without a Location to poll",
@@ -153,18 +141,14 @@ class LocationPollAdapter:
     # ---- watching ------------------------------------------------------------------------
 
     async def step(self, ref: JobRef, credentials: Credentials, timeout: float) -> Progress:
-        immediate = self._immediate.pop(ref.key, None)
-        if immediate is not None:
-            return Progress(immediate)
         resp = await self._poll(ref, credentials)
         if resp.status in RETRY_STATUSES:  # still there after the retries: come back later
             return Progress(None, retry_after=resp.retry_after)
         if resp.status == 200:
             document = resp.json()  # not JSON: UpstreamBadResponse, the engine polls again
             doc = document if isinstance(document, dict) else {}
-            return Progress(
-                Snapshot(False, "in_progress", "polling", doc), retry_after=resp.retry_after
-            )
+            snap = Snapshot(False, "in_progress", "polling", doc, "location")
+            return Progress(snap, retry_after=resp.retry_after)
         assert ref.poll_url is not None
         result_url = resolve_location(resp.headers.get("Location"), ref.poll_url)
         if result_url is None:
@@ -177,8 +161,7 @@ class LocationPollAdapter:
         """GET the poll URL (never following its 303): 200, 303 or a retryable status."""
         if ref.poll_url is None:
             # Final, or the engine would poll nothing until the watch runs out.
-            body = json_body(NotFound("the gateway has no poll URL for this job").payload())
-            raise UpstreamRejected(404, body, JSON_CONTENT_TYPE)
+            raise NotFound("the gateway has no poll URL for this job")
         params, headers = self._auth(ref.poll_url, credentials)
         resp = await self.client.request(
             "poll", "GET", ref.poll_url, params=params, headers=headers
@@ -196,9 +179,9 @@ class LocationPollAdapter:
         )
         content_type = resp.headers.get("Content-Type", "application/json")
         if resp.status == 200:
-            return _finished(Rendered(200, resp.body, content_type), "success")
+            return finished(200, resp.body, content_type, "success")
         if resp.status == 400:
-            return _finished(Rendered(400, resp.body, content_type), "failure")
+            return finished(400, resp.body, content_type, "failure")
         self._raise_for(resp, "result")
 
     @staticmethod
@@ -216,27 +199,11 @@ class LocationPollAdapter:
             upstream_status=resp.status,
         )
 
-    async def fetch(self, ref: JobRef, credentials: Credentials) -> Snapshot:
-        """Ask the poll URL with the caller's credentials; never follow it to the result."""
-        immediate = self._immediate.get(ref.key)
-        if immediate is not None:
-            return immediate
-        if ref.poll_url is None:  # an immediate result: nobody upstream to ask
+    async def check_access(self, ref: JobRef, credentials: Credentials) -> None:
+        """Ask the poll URL with the caller's credentials; never follow it to the result.
+        A result the upstream answered at once has nobody upstream to ask: creator only."""
+        if ref.poll_url is None:
             raise Forbidden("only the caller who created this job may read its result")
         resp = await self._poll(ref, credentials)
         if resp.status in RETRY_STATUSES:
             self._raise_for(resp, "poll")
-        body: Any = resp.json() if resp.status == 200 else {}
-        return Snapshot(False, "in_progress", "polling", body if isinstance(body, dict) else {})
-
-    async def cancel(self, ref: JobRef, credentials: Credentials) -> None:
-        """The protocol has no cancel."""
-
-    async def close(self) -> None:
-        """Nothing of its own to release."""
-
-    def credentials(self, request: CreateRequest) -> Credentials:
-        return request.credentials
-
-    def ref_for(self, job_id: str, params: Mapping[str, str]) -> JobRef:
-        raise NotFound("the gateway does not know this job (or its result has expired)")

@@ -14,11 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from multidict import MultiDict
-
 from sync_gateway.config import RouteSettings, UpstreamSettings
-from sync_gateway.errors import UpstreamBadResponse, UpstreamRejected, UpstreamUnavailable
-from sync_gateway.upstream.base import (
+from sync_gateway.core.errors import Forbidden, UpstreamBadResponse, UpstreamUnavailable
+from sync_gateway.core.types import (
     FINAL_LIFECYCLES,
     FINAL_STATES,
     Created,
@@ -28,14 +26,10 @@ from sync_gateway.upstream.base import (
     Progress,
     Snapshot,
 )
+from sync_gateway.upstream.base import Adapter, create_headers, create_query, rejected
 from sync_gateway.upstream.http import Response, UpstreamClient
 from sync_gateway.upstream.theeye_batch import BatchWatcher
 
-# Query parameters that belong to the gateway and never go upstream on a create.
-GATEWAY_PARAMS = frozenset(
-    {"output", "parse", "result", "full", "timeout", "limit", "counter", "wait_result"}
-)
-PASSED_HEADERS = frozenset({"retry-after", "www-authenticate"})
 SUPERVISOR_MIN_TIMEOUT = 10.0
 SUPERVISOR_MAX_TIMEOUT = 60.0
 
@@ -54,14 +48,10 @@ def snapshot_from_document(doc: Any, size: int) -> Snapshot:
     return Snapshot(finished, state, lifecycle, doc, size=size)
 
 
-def rejected(resp: Response) -> UpstreamRejected:
-    """A 4xx answer to pass through, with the headers a client needs from it."""
-    keep = tuple((k, v) for k, v in resp.headers.items() if k.lower() in PASSED_HEADERS)
-    return UpstreamRejected(resp.status, resp.body, resp.headers.get("Content-Type"), keep)
-
-
-class TheEyeAdapter:
+class TheEyeAdapter(Adapter):
     """Talks to a TheEye supervisor."""
+
+    flavour = "theeye"
 
     def __init__(
         self,
@@ -70,9 +60,7 @@ class TheEyeAdapter:
         settings: UpstreamSettings,
         route: RouteSettings | None = None,
     ) -> None:
-        self.name = name
-        self.client = client
-        self.settings = settings
+        super().__init__(name, client, settings, route)
         self.base = (route.upstream if route is not None else settings.url).rstrip("/")
         # Each upstream long poll holds a connection (a file descriptor) for up to a minute;
         # past this many at once, further jobs are watched by interval polling instead.
@@ -88,20 +76,12 @@ class TheEyeAdapter:
         return f"{self.base}{path}/job"
 
     async def create(self, request: CreateRequest) -> Created:
-        query: MultiDict[str] = MultiDict(
-            (k, v) for k, v in request.query.items() if k not in GATEWAY_PARAMS
-        )
-        headers = {}
-        if request.credentials.authorization:
-            headers["Authorization"] = request.credentials.authorization
-        if request.body:
-            headers["Content-Type"] = request.content_type or "application/json"
         resp = await self.client.request(
             "create",
             "POST",
             self._create_url(request.params),
-            params=query,
-            headers=headers,
+            params=create_query(request, one_credential=True),
+            headers=create_headers(request),
             data=request.body or None,
             idempotent=False,
         )
@@ -202,25 +182,28 @@ class TheEyeAdapter:
         finally:
             self.long_polls -= 1
 
-    async def fetch(self, ref: JobRef, credentials: Credentials) -> Snapshot:
-        if ref.customer and not ref.job_secret:
-            return await self._get_document(ref, credentials)
-        progress = await self._long_poll(ref, credentials, SUPERVISOR_MIN_TIMEOUT)
-        if progress.snapshot is None:
-            return Snapshot(False, "in_progress", "", {"id": ref.id})
-        return progress.snapshot
-
-    async def cancel(self, ref: JobRef, credentials: Credentials) -> None:
+    async def check_access(self, ref: JobRef, credentials: Credentials) -> None:
+        """One ``GET /{customer}/job/{id}`` with the caller's own credentials."""
         if not ref.customer:
-            return
+            raise Forbidden(
+                "the gateway cannot ask the upstream about this job without its customer:"
+                " add ?customer=NAME",
+                job_id=ref.id,
+            )
+        await self._get_document(ref, credentials)
+
+    async def cancel(self, ref: JobRef, credentials: Credentials) -> int | None:
+        if not ref.customer:
+            return None
         params, headers = credentials.forwarded()
-        await self.client.request(
+        resp = await self.client.request(
             "cancel",
             "PUT",
             f"{self.base}/{_seg(ref.customer)}/job/{_seg(ref.id)}/cancel",
             params=params,
             headers=headers,
         )
+        return resp.status
 
     def credentials(self, request: CreateRequest) -> Credentials:
         """The query or Authorization token, or the task's secret on the secret routes."""

@@ -17,8 +17,8 @@ from urllib.parse import quote
 
 import structlog
 
-from sync_gateway.errors import GatewayError
-from sync_gateway.upstream.base import FINAL_LIFECYCLES, Credentials
+from sync_gateway.core.errors import GatewayError
+from sync_gateway.core.types import FINAL_LIFECYCLES, Credentials
 from sync_gateway.upstream.http import UpstreamClient
 
 log = structlog.get_logger("sync_gateway.upstream.theeye")
@@ -54,7 +54,7 @@ class BatchWatcher:
         self.refused: set[tuple[str, bytes]] = set()
 
     def can_list(self, customer: str, credentials: Credentials) -> bool:
-        return (customer, credentials.digest()) not in self.refused
+        return (customer, credentials.identity()) not in self.refused
 
     async def finished(
         self, customer: str, credentials: Credentials, job_id: str, timeout: float
@@ -62,7 +62,7 @@ class BatchWatcher:
         """True when a listing shows the job finished within ``timeout``, False when none
         did, None when the upstream refused to list for this caller."""
         loop = asyncio.get_running_loop()
-        key = (customer, credentials.digest())
+        key = (customer, credentials.identity())
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(customer, credentials)

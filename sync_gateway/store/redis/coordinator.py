@@ -9,8 +9,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from sync_gateway.shared_store.connection import Link, Unavailable
-from sync_gateway.shared_store.keys import PREFIX, RELEASE, RENEW, ms
+from sync_gateway.store.redis.connection import Link, Unavailable
+from sync_gateway.store.redis.keys import PREFIX, RELEASE, RENEW, ms
 
 
 class RedisCoordinator:

@@ -1,9 +1,8 @@
-"""Where finished results and idempotency keys are kept, behind one small interface.
+"""The embedded store: one process, bounded, expiring (see :mod:`sync_gateway.store.base`).
 
-The in-memory store keeps each finished result for ``retention.seconds``, bounded by
+It keeps each finished result for ``retention.seconds``, bounded by
 ``retention.max_bytes`` (oldest evicted first; a result larger than the whole bound is not kept:
-it is served to the waiters that are there and then gone). A shared store (Redis) implements
-the same interface.
+it is served to the waiters that are there and then gone).
 """
 
 from __future__ import annotations
@@ -12,54 +11,9 @@ import asyncio
 import dataclasses
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Protocol
 
+from sync_gateway.core.types import JobRef, Retained
 from sync_gateway.metrics import Metrics
-from sync_gateway.upstream.base import JobRef, Snapshot
-
-
-@dataclass(frozen=True, slots=True)
-class Retained:
-    """A finished job as kept for re-attach: the result and who may read it."""
-
-    ref: JobRef
-    snapshot: Snapshot
-    owner: bytes
-    expires_at: float
-
-
-class ResultStore(Protocol):
-    """Finished results and idempotency claims."""
-
-    async def get(self, key: str) -> Retained | None:
-        """The retained result for a job key, or None."""
-        ...
-
-    async def put(self, item: Retained) -> bool:
-        """Keep a finished result; False when it is too large to keep."""
-        ...
-
-    async def remember_ref(self, ref: JobRef, owner: bytes) -> None:
-        """Remember a job the gateway created (its ref and its creator) for re-attach."""
-        ...
-
-    async def ref(self, key: str) -> tuple[JobRef, bytes] | None:
-        """The ref and creator digest of a job the gateway created, or None."""
-        ...
-
-    async def claim(self, idem_key: str) -> asyncio.Future[JobRef] | None:
-        """Claim an idempotency key: None when claimed now (the caller creates the job and
-        calls :meth:`settle`), else a future of the first caller's job."""
-        ...
-
-    def settle(self, idem_key: str, ref: JobRef | None) -> None:
-        """Record the job created under a claimed key (None: the create failed, release it)."""
-        ...
-
-    async def close(self) -> None:
-        """Release resources."""
-        ...
 
 
 class MemoryStore:

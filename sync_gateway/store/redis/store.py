@@ -17,11 +17,11 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 
-from sync_gateway.retention import MemoryStore, Retained
-from sync_gateway.shared_store import codec
-from sync_gateway.shared_store.connection import Link, Unavailable
-from sync_gateway.shared_store.keys import CLAIM, PREFIX, RELEASE, SETTLE, ms
-from sync_gateway.upstream.base import JobRef
+from sync_gateway.core.types import JobRef, Retained
+from sync_gateway.store.memory import MemoryStore
+from sync_gateway.store.redis import codec
+from sync_gateway.store.redis.connection import Link, Unavailable
+from sync_gateway.store.redis.keys import CLAIM, PREFIX, RELEASE, SETTLE, ms
 
 log = structlog.get_logger("sync_gateway.redis")
 

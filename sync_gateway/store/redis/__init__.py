@@ -22,17 +22,17 @@ The modules, one job each: :mod:`.connection` (whether Redis is usable, back-off
 
 # The constants are re-exported to be read. A test that changes one patches the module that
 # reads it (``shared_store.backend.LEASE_SECONDS``): rebinding the name here changes nothing.
-from sync_gateway.shared_store.backend import CHECK_SECONDS, LEASE_SECONDS, RedisBackend
-from sync_gateway.shared_store.codec import SCHEMA
-from sync_gateway.shared_store.connection import (
+from sync_gateway.store.redis.backend import CHECK_SECONDS, LEASE_SECONDS, RedisBackend
+from sync_gateway.store.redis.codec import SCHEMA
+from sync_gateway.store.redis.connection import (
     BACKOFF_MAX,
     BACKOFF_MIN,
     COMMAND_TIMEOUT,
     POOL_SIZE,
 )
-from sync_gateway.shared_store.coordinator import RedisCoordinator
-from sync_gateway.shared_store.keys import PREFIX
-from sync_gateway.shared_store.store import MAX_WRITTEN, RedisStore
+from sync_gateway.store.redis.coordinator import RedisCoordinator
+from sync_gateway.store.redis.keys import PREFIX
+from sync_gateway.store.redis.store import MAX_WRITTEN, RedisStore
 
 __all__ = [
     "BACKOFF_MAX",

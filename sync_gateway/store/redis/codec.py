@@ -12,12 +12,11 @@ from typing import Any
 import orjson
 import structlog
 
-from sync_gateway.render import Rendered
-from sync_gateway.upstream.base import JobRef, Snapshot
+from sync_gateway.core.types import JobRef, Snapshot
 
 log = structlog.get_logger("sync_gateway.redis")
 
-SCHEMA = 1
+SCHEMA = 2  # 2: snapshots carry kind and payload instead of a rendered answer
 
 
 def dumps(value: Any) -> bytes:
@@ -57,43 +56,25 @@ def ref_in(d: dict[str, Any]) -> JobRef:
 
 
 def snapshot_out(s: Snapshot) -> dict[str, Any]:
-    r = s.rendered
-    rendered = None
-    if r is not None:
-        rendered = {
-            "status": r.status,
-            "body": base64.b64encode(r.body).decode("ascii"),
-            "content_type": r.content_type,
-            "headers": [list(h) for h in r.headers],
-            "dropped": list(r.dropped),
-        }
     return {
         "finished": s.finished,
         "state": s.state,
         "lifecycle": s.lifecycle,
         "document": dict(s.loaded()),
-        "rendered": rendered,
+        "kind": s.kind,
+        "payload": base64.b64encode(s.payload).decode("ascii"),
         "size": s.size,
     }
 
 
 def snapshot_in(d: dict[str, Any]) -> Snapshot:
-    r = d.get("rendered")
-    rendered = None
-    if r is not None:
-        rendered = Rendered(
-            status=int(r["status"]),
-            body=base64.b64decode(r["body"]),
-            content_type=str(r["content_type"]),
-            headers=tuple((str(n), str(v)) for n, v in r["headers"]),
-            dropped=tuple(str(x) for x in r["dropped"]),
-        )
     return Snapshot(
         finished=bool(d["finished"]),
         state=str(d["state"]),
         lifecycle=str(d["lifecycle"]),
         document=d["document"],
-        rendered=rendered,
+        kind=str(d["kind"]),
+        payload=base64.b64decode(d["payload"]),
         size=int(d["size"]),
     )
 

@@ -11,24 +11,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from sync_gateway.config import Settings
-from sync_gateway.errors import GatewayError, ResultTooLarge, UpstreamRejected
+from sync_gateway.core.access import Fingerprints
+from sync_gateway.core.errors import (
+    Forbidden,
+    GatewayError,
+    JobLost,
+    NotFound,
+    ResultTooLarge,
+    UpstreamRejected,
+)
+from sync_gateway.core.retry import Backoff, before_deadline, exceptional
+from sync_gateway.core.types import Credentials, JobRef, Progress, Retained, Snapshot
 from sync_gateway.metrics import Metrics
-from sync_gateway.retention import ResultStore, Retained
-from sync_gateway.upstream.base import Adapter, Credentials, JobRef, Snapshot
+from sync_gateway.store.base import ResultStore
 
-log = structlog.get_logger("sync_gateway.waiting")
+if TYPE_CHECKING:
+    from sync_gateway.upstream.base import Adapter
+
+log = structlog.get_logger("sync_gateway.engine")
 
 # Errors after which watching again cannot help: the waiters get them as they are.
-TERMINAL_ERRORS = (UpstreamRejected, ResultTooLarge)
+TERMINAL_ERRORS = (UpstreamRejected, ResultTooLarge, NotFound, Forbidden, JobLost)
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, GatewayError) and not isinstance(exc, TERMINAL_ERRORS)
 
 
 def _wake(waiter: asyncio.Future[Snapshot | None], *_: object) -> None:
@@ -109,9 +125,11 @@ class Engine:
         store: ResultStore,
         settings: Settings,
         metrics: Metrics,
+        fingerprints: Fingerprints,
         coordinator: Coordinator | None = None,
     ) -> None:
         self.adapters = adapters
+        self.fingerprints = fingerprints
         self.coordinator: Coordinator = coordinator or LocalCoordinator()
         self.store = store
         self.settings = settings
@@ -134,11 +152,12 @@ class Engine:
         found = self._watches.get(ref.key)
         if found is not None:
             return found
-        if not last.finished and last.rendered is None:
+        if not last.finished:
             # Waiting needs only state and lifecycle (the 202 summary): pinning the created
             # document for every waiting job would cost kilobytes each.
-            last = Snapshot(False, last.state, last.lifecycle)
-        w = Watch(ref, credentials, credentials.digest(), last, self._loop.create_future())
+            last = Snapshot(False, last.state, last.lifecycle, kind=last.kind)
+        owner = self.fingerprints.of(credentials)
+        w = Watch(ref, credentials, owner, last, self._loop.create_future())
         self._watches[ref.key] = w
         w.task = self._loop.create_task(self._run(w), name=f"watch:{ref.key}")
         self.metrics.active_watchers.inc()
@@ -208,22 +227,25 @@ class Engine:
         adapter = self.adapters[w.ref.adapter]
         up = self.settings.upstream
         delay = min(0.05, up.poll_interval)
-        failures = 0
+        # A step that failed for a passing reason is retried by the one policy, until the
+        # deadline; built once per watch, used for every step.
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_transient),
+            wait=Backoff(up.poll_max_interval, lambda exc: None),
+            stop=before_deadline(deadline),
+            reraise=True,
+            before_sleep=lambda state: self._step_failed(w, state),
+        )
         while self._loop.time() < deadline:
             remaining = deadline - self._loop.time()
             try:
-                progress = await adapter.step(
-                    w.ref, w.credentials, min(up.long_poll_timeout, remaining)
+                progress: Progress = await retrying(
+                    adapter.step, w.ref, w.credentials, min(up.long_poll_timeout, remaining)
                 )
             except TERMINAL_ERRORS:
                 raise
-            except GatewayError as exc:
-                failures += 1
-                pause = min(up.poll_max_interval, 0.1 * 2**failures)
-                log.warning("watch_step_failed", job_id=w.ref.id, error=exc.code, pause=pause)
-                await asyncio.sleep(pause)
-                continue
-            failures = 0
+            except GatewayError:  # still failing at the deadline
+                return None
             snap = progress.snapshot
             if snap is not None:
                 w.last = snap
@@ -234,6 +256,12 @@ class Engine:
                 await asyncio.sleep(min(pause, max(deadline - self._loop.time(), 0.0)))
                 delay = min(delay * 1.5, up.poll_interval)
         return None
+
+    def _step_failed(self, w: Watch, state: RetryCallState) -> None:
+        exc = exceptional(state)
+        code = exc.code if isinstance(exc, GatewayError) else type(exc).__name__
+        pause = round(state.upcoming_sleep, 3)
+        log.warning("watch_step_failed", job_id=w.ref.id, error=code, pause=pause)
 
     async def _finish(self, w: Watch, snap: Snapshot) -> None:
         self.metrics.jobs_finished.labels(state=snap.state or "unknown").inc()
@@ -249,7 +277,9 @@ class Engine:
 
     # ---- waiters -------------------------------------------------------------------------
 
-    def wait(self, w: Watch, budget: float) -> asyncio.Future[Snapshot | None]:
+    def wait(
+        self, w: Watch, budget: float, creator: bool = True
+    ) -> asyncio.Future[Snapshot | None]:
         """A future of the watch's outcome, or of None when the budget (or the drain period)
         runs out first: the caller then answers 202 with a way to re-attach.
 
@@ -269,7 +299,7 @@ class Engine:
         timer = self._loop.call_later(max(budget, 0.0), _wake, waiter)
         w.waiters += 1
         self.metrics.active_waiters.inc()
-        waiter.add_done_callback(functools.partial(self._waited, w, relay, timer))
+        waiter.add_done_callback(functools.partial(self._waited, w, relay, timer, creator))
         return waiter
 
     def _waited(
@@ -277,6 +307,7 @@ class Engine:
         w: Watch,
         relay: Callable[[asyncio.Future[Snapshot | None]], None],
         timer: asyncio.TimerHandle,
+        creator: bool,
         waiter: asyncio.Future[Snapshot | None],
     ) -> None:
         timer.cancel()
@@ -285,11 +316,18 @@ class Engine:
         w.waiters -= 1
         self.metrics.active_waiters.dec()
         if waiter.cancelled():
-            self._on_hang_up(w)
+            self._on_hang_up(w, creator)
 
-    def _on_hang_up(self, w: Watch) -> None:
-        log.info("client_gone", job_id=w.ref.id, waiters_left=w.waiters)
-        if self.settings.cancel_on_disconnect and w.waiters == 0 and not w.future.done():
+    def _on_hang_up(self, w: Watch, creator: bool) -> None:
+        """A client hung up. With ``cancel_on_disconnect`` the job is cancelled when its
+        creator hung up and nobody else waits; another caller's hang-up cancels nothing."""
+        log.info("client_gone", job_id=w.ref.id, waiters_left=w.waiters, creator=creator)
+        if (
+            self.settings.cancel_on_disconnect
+            and creator
+            and w.waiters == 0
+            and not w.future.done()
+        ):
             self.spawn(self._cancel(w))
 
     async def cancel_unless_waited(self, w: Watch) -> None:
@@ -299,25 +337,24 @@ class Engine:
             await self._cancel(w)
 
     async def _cancel(self, w: Watch) -> None:
+        """Ask the upstream to cancel, and log what it answered."""
         try:
-            await self.adapters[w.ref.adapter].cancel(w.ref, w.credentials)
-            log.info("job_cancel_requested", job_id=w.ref.id)
+            status = await self.adapters[w.ref.adapter].cancel(w.ref, w.credentials)
         except GatewayError as exc:
             log.warning("job_cancel_failed", job_id=w.ref.id, error=exc.code)
+            return
+        if status is None:
+            log.info("job_cancel_unsupported", job_id=w.ref.id)
+        elif 200 <= status < 300:
+            log.info("job_cancelled", job_id=w.ref.id, upstream_status=status)
+        else:
+            log.warning("job_cancel_refused", job_id=w.ref.id, upstream_status=status)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a coroutine in the background, kept referenced until it ends."""
         task = self._loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    # ---- access --------------------------------------------------------------------------
-
-    async def authorize(self, ref: JobRef, owner: bytes, credentials: Credentials) -> None:
-        """Let the job's creator in at once; ask the upstream about anybody else."""
-        if hmac.compare_digest(owner, credentials.digest()):
-            return
-        await self.adapters[ref.adapter].fetch(ref, credentials)
 
     # ---- life cycle ----------------------------------------------------------------------
 

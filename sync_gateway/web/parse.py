@@ -1,9 +1,8 @@
-"""What a client asked for: ids, credentials, format, wait budget, body (pure parsing)."""
+"""What a client asked for: ids, credentials, format, wait budget, body (pure parsing: no I/O,
+table-tested). Anything malformed is a :class:`BadRequest` naming the parameter."""
 
 from __future__ import annotations
 
-import hashlib
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,13 +12,14 @@ import orjson
 from multidict import CIMultiDictProxy, MultiMapping
 
 from sync_gateway.config import WaitSettings
-from sync_gateway.errors import BadRequest
-from sync_gateway.upstream.base import CreateRequest, Credentials
+from sync_gateway.core.errors import BadRequest
+from sync_gateway.core.types import Credentials, Format, FormatKind
 
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*\"?(\d+)\"?\s*$", re.IGNORECASE)
+_INDEX = re.compile(r"[0-9]{1,9}")
+_NUMBER = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 IDEMPOTENCY_KEY_MAX = 255
-CREDENTIAL_PARAMS = frozenset({"access_token", "apiKey"})
 
 # Supervisor defaults for a wait_result loop (core/service/job/create.js).
 SUPERVISOR_LIMIT = 10
@@ -45,17 +45,23 @@ def credentials(query: MultiMapping[str], headers: CIMultiDictProxy[str]) -> Cre
 
 
 def _number(query: MultiMapping[str], name: str, *, integer: bool) -> float | None:
+    """A non-negative number of at most nine digits (a decimal one unless ``integer``)."""
     raw = query.get(name)
     if raw is None:
         return None
-    try:
-        value = float(int(raw)) if integer else float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        kind = "a non-negative integer" if integer else "a non-negative number"
-        raise BadRequest(f"the query parameter {name!r} must be {kind}", parameter=name)
-    return value
+    raw = raw.strip()
+    if (_INDEX if integer else _NUMBER).fullmatch(raw):
+        return float(raw)
+    kind = "a non-negative integer" if integer else "a non-negative number"
+    raise BadRequest(
+        f"the query parameter {name!r} must be {kind} of at most 9 digits", parameter=name
+    )
+
+
+def customer_hint(query: MultiMapping[str]) -> dict[str, str]:
+    """The re-attach's ``customer`` hint (where to ask the upstream), a plain id when given."""
+    customer = query.get("customer")
+    return {"customer": path_id("customer", customer)} if customer else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,19 +162,47 @@ def idempotency_key(headers: CIMultiDictProxy[str]) -> str | None:
     return key
 
 
-def idempotency_claim(adapter: str, create: CreateRequest) -> str:
-    """The store key of an ``Idempotency-Key``: the key, the caller, and what was asked.
+def _values(query: object, key: str) -> list[str]:
+    getall = getattr(query, "getall", None)
+    if callable(getall):
+        return [str(v) for v in getall(key, [])]
+    if isinstance(query, Mapping) and key in query:
+        return [str(query[key])]
+    return []
 
-    A key reused for another request (another task, other arguments) is another job,
-    never the first request's answer."""
-    h = hashlib.sha256()
-    for part in (
-        adapter,
-        create.idempotency_key or "",
-        create.credentials.digest().hex(),
-        repr(sorted(create.params.items())),
-        repr(sorted((k, v) for k, v in create.query.items() if k not in CREDENTIAL_PARAMS)),
-    ):
-        h.update(part.encode("utf-8", "replace") + b"\x00")
-    h.update(create.body)
-    return h.hexdigest()
+
+def parse_format(query: Any, default: FormatKind) -> Format:
+    """The format a request's query asks for (a multidict with ``getall`` or a Mapping).
+
+    Raises :class:`BadRequest` for a bad ``parse`` value (parameter ``parse``), for two different
+    ``parse`` indexes (``parse``), and for two different formats at once (``format``).
+    """
+    found: list[Format] = []
+    for kind in FormatKind:
+        values = _values(query, kind.value)
+        if not values:
+            continue
+        if kind is not FormatKind.PARSE:
+            found.append(Format(kind))
+            continue
+        indexes: set[int] = set()
+        explicit = False
+        for value in values:
+            if value == "":
+                indexes.add(0)
+            elif _INDEX.fullmatch(value):
+                indexes.add(int(value))
+                explicit = True
+            else:
+                raise BadRequest(
+                    "parse must be empty or a non-negative integer index", parameter="parse"
+                )
+        if len(indexes) > 1:
+            raise BadRequest("parse is given more than one index", parameter="parse")
+        found.append(Format(kind, indexes.pop(), explicit))
+    if len(found) > 1:
+        names = ", ".join(f.kind.value for f in found)
+        raise BadRequest(
+            f"only one result format may be asked for, got: {names}", parameter="format"
+        )
+    return found[0] if found else Format(default)

@@ -1,0 +1,165 @@
+"""Jobs as the web layer asks for them: created once (``Idempotency-Key``), adopted when their
+creator hung up during the create, and found again for a re-attach. Every job found for a
+caller passes the one access decision (:mod:`sync_gateway.core.access`) first."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+from sync_gateway.config import Settings
+from sync_gateway.core.access import Access
+from sync_gateway.core.engine import Engine, Watch
+from sync_gateway.core.types import Created, CreateRequest, Credentials, JobRef, Retained, Snapshot
+from sync_gateway.store.base import ResultStore
+
+if TYPE_CHECKING:
+    from sync_gateway.upstream.base import Adapter
+
+log = structlog.get_logger("sync_gateway.jobs")
+
+UNKNOWN = Snapshot(False, "in_progress", "")
+CREDENTIAL_PARAMS = frozenset({"access_token", "apiKey"})
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A job a create call is about: its ref, last known state, the upstream's answer (None on
+    an idempotent replay), and the credentials it is watched with."""
+
+    ref: JobRef
+    last: Snapshot
+    created: Created | None
+    credentials: Credentials
+
+
+class Jobs:
+    """Create once, adopt, find; the access decision for each job found."""
+
+    def __init__(
+        self, engine: Engine, store: ResultStore, access: Access, settings: Settings
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.access = access
+        self.settings = settings
+
+    # ---- create once ---------------------------------------------------------------------
+
+    def claim_key(self, adapter: str, create: CreateRequest) -> str:
+        """The store key of an ``Idempotency-Key``: the key, the caller (fingerprinted), and
+        what was asked. A key reused for another request is another job, never the first
+        request's answer; another caller's same key never reaches the first caller's job."""
+        h = hashlib.sha256()
+        for part in (
+            adapter,
+            create.idempotency_key or "",
+            self.access.fingerprints.of(create.credentials).hex(),
+            repr(sorted(create.params.items())),
+            repr(sorted((k, v) for k, v in create.query.items() if k not in CREDENTIAL_PARAMS)),
+        ):
+            h.update(part.encode("utf-8", "replace") + b"\x00")
+        h.update(create.body)
+        return h.hexdigest()
+
+    async def create_once(self, adapter: Adapter, create: CreateRequest) -> Started:
+        """Create the job upstream, or attach to the job a same-key request created."""
+        key = None
+        if create.idempotency_key is not None:
+            key = self.claim_key(adapter.name, create)
+            while (earlier := await self.store.claim(key)) is not None:
+                try:
+                    ref = await asyncio.shield(earlier)
+                except asyncio.CancelledError:
+                    if earlier.cancelled():  # the first create failed: claim the key anew
+                        continue
+                    raise
+                log.info("idempotent_replay", job_id=ref.id)
+                return Started(ref, await self._last_known(ref), None, create.credentials)
+        task = asyncio.ensure_future(adapter.create(create))
+        try:
+            created = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The client hung up during the create: the job may exist; keep its result.
+            task.add_done_callback(lambda t: self._adopt(t, create.credentials, key))
+            raise
+        except BaseException:
+            if key is not None:
+                self.store.settle(key, None)
+            raise
+        creds = created.credentials or create.credentials
+        running = self.engine.watching(created.ref.key)
+        if running is not None:  # an upstream job id reused: only who may see it attaches
+            await self.access.check(running.ref, running.owner, creds)
+        await self._adopted(created, creds, key)
+        return Started(created.ref, created.snapshot, created, creds)
+
+    def _adopt(self, task: asyncio.Future[Created], creds: Credentials, key: str | None) -> None:
+        if task.cancelled() or task.exception() is not None:
+            if key is not None:
+                self.store.settle(key, None)
+            return
+        created = task.result()
+        creds = created.credentials or creds
+        self.engine.spawn(self._adopted(created, creds, key))
+        watch = self.engine.watch(created.ref, creds, created.snapshot)
+        if self.settings.cancel_on_disconnect:
+            self.engine.spawn(self.engine.cancel_unless_waited(watch))
+
+    async def _adopted(self, created: Created, creds: Credentials, key: str | None) -> None:
+        await self.store.remember_ref(created.ref, self.access.fingerprints.of(creds))
+        if key is not None:
+            self.store.settle(key, created.ref)
+        log.debug("job_created", job_id=created.ref.id, state=created.snapshot.state)
+
+    async def _last_known(self, ref: JobRef) -> Snapshot:
+        watch = self.engine.watching(ref.key)
+        if watch is not None:
+            return watch.last
+        retained = await self.store.get(ref.key)
+        return retained.snapshot if retained is not None else UNKNOWN
+
+    # ---- find again ----------------------------------------------------------------------
+
+    async def find(
+        self,
+        adapter: Adapter,
+        job_id: str,
+        hints: Mapping[str, str],
+        creds: Credentials,
+        presented_secret: str | None = None,
+    ) -> Retained | Watch:
+        """A job's kept result, or its watch, once the caller may see it."""
+        key = JobRef(adapter.name, job_id).key
+        retained = await self.store.get(key)
+        if retained is not None:
+            await self.access.check(retained.ref, retained.owner, creds, presented_secret)
+            return retained
+        watch = self.engine.watching(key)
+        if watch is not None:
+            await self.access.check(watch.ref, watch.owner, creds, presented_secret)
+            return watch
+        known = await self.store.ref(key)
+        if known is not None:
+            ref, owner = known
+            await self.access.check(ref, owner, creds, presented_secret)
+            # A secret-started job is followed through its secret URL, with no token.
+            return self.engine.watch(ref, Credentials() if ref.job_secret else creds, UNKNOWN)
+        # A job this gateway never saw: the upstream decides, through the watch's own
+        # requests made with the caller's credentials; a flavour that cannot find a job by
+        # its id alone refuses here (404).
+        ref = adapter.ref_for(job_id, hints)
+        if presented_secret is not None:
+            ref = dataclasses.replace(ref, job_secret=presented_secret)
+        return self.engine.watch(ref, creds, UNKNOWN)
+
+    def is_creator(self, owner: bytes, creds: Credentials) -> bool:
+        """Whether ``creds`` are the ones the job was created with (hang-up policy)."""
+        return hmac.compare_digest(owner, self.access.fingerprints.of(creds))

@@ -1,0 +1,1 @@
+"""Where results, refs and idempotency claims are kept: base, memory, redis."""

@@ -1,0 +1,1 @@
+"""The HTTP layer: parse, views, responses, errors, the route table."""

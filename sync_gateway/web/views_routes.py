@@ -1,0 +1,51 @@
+"""The routes declared in the config (``[[routes]]``: location-poll, executeJob, …): create
+and wait, and re-attach by ``/jobs/{route}/{id}/result``."""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from sync_gateway.core.errors import NotFound
+from sync_gateway.core.types import CreateRequest, Retained
+from sync_gateway.web import parse
+from sync_gateway.web.calls import Calls
+
+
+class RouteViews(Calls):
+    """Handlers of the configured routes, whatever their flavour."""
+
+    async def create(self, request: web.Request, name: str) -> web.StreamResponse:
+        """A [[routes]] entry: create through its adapter and block for its answer."""
+        adapter = self.adapters[name]
+        call = await self.read_call(request, adapter)
+        query, fmt, budget = call.query, call.fmt, call.budget
+        started = await self.jobs.create_once(adapter, call.create)
+        ref = started.ref
+        structlog.contextvars.bind_contextvars(job_id=ref.id)
+        watch = self.engine.watch(ref, started.credentials, started.last)
+        del call, started  # nothing of the create is needed while waiting
+        if budget.respond_async:
+            return self.accepted(ref, watch.last, fmt, query, budget.applied)
+        return await self.wait_and_answer(watch, budget.seconds, fmt, query, budget.applied)
+
+    async def result(self, request: web.Request) -> web.StreamResponse:
+        """GET/POST /jobs/{adapter}/{job}/result: re-attach to a job of a configured route."""
+        params = parse.path_ids(request.match_info)
+        query = request.query
+        fmt = parse.parse_format(query, self.default_format)
+        loop = parse.loop_params(query)
+        adapter = self.adapters.get(params["adapter"])
+        if adapter is None:
+            raise NotFound("no configured route has this name", parameter="adapter")
+        plain = parse.credentials(query, request.headers)
+        creds = adapter.credentials(CreateRequest(params, query, b"", None, plain))
+        if request.method == "POST":
+            await self.read_body(request)
+        structlog.contextvars.bind_contextvars(job_id=params["job"])
+        found = await self.jobs.find(adapter, params["job"], {}, creds)
+        if isinstance(found, Retained):
+            return self.answer(found.ref, found.snapshot, fmt)
+        creator = self.jobs.is_creator(found.owner, creds)
+        seconds = self.reattach_seconds(loop)
+        return await self.wait_and_answer(found, seconds, fmt, query, creator=creator)
