@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import socket
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +14,8 @@ import pytest
 from aiohttp import web
 from conftest import CUSTOMER, DELAY_TASK, INSTANT_TASK, TOKEN, Gateway, start_gateway
 from prometheus_client.parser import text_string_to_metric_families
+from support.processes import cli_env, free_port, start_cli, stop_cli
 
-import sync_gateway
 from sync_gateway import cli
 from sync_gateway.config import load
 from sync_gateway.emulator import EmulatorServer
@@ -225,65 +222,6 @@ def test_job_states_from_the_upstream_cannot_grow_the_label_set_without_bound() 
     }
     assert "other" in states
     assert len(states) <= 17
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """The environment of a `python -m sync_gateway` child: this checkout importable."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("SYNC_GATEWAY_") and k != "PROMETHEUS_MULTIPROC_DIR"
-    }
-    root = str(Path(sync_gateway.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    env["TMPDIR"] = str(tmp_path)
-    env.update(extra)
-    return env
-
-
-async def start_cli(
-    args: list[str], env: dict[str, str], tmp_path: Path, http: aiohttp.ClientSession, url: str
-) -> asyncio.subprocess.Process:
-    """`python -m sync_gateway …` with stdout/stderr in files, once /healthz answers."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sync_gateway",
-        *args,
-        env=env,
-        stdout=(tmp_path / "stdout").open("wb"),
-        stderr=(tmp_path / "stderr").open("wb"),
-    )
-    for _ in range(600):  # a bounded wait for start-up, not a timing assertion
-        if proc.returncode is not None:
-            break
-        try:
-            async with http.get(f"{url}/healthz") as resp:
-                if resp.status == 200:
-                    return proc
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    await stop_cli(proc)
-    pytest.fail("the gateway did not start: " + (tmp_path / "stderr").read_text())
-
-
-async def stop_cli(proc: asyncio.subprocess.Process) -> int:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode
 
 
 async def test_metrics_add_up_across_workers(

@@ -15,7 +15,7 @@ import pytest
 
 from sync_gateway.config import ConfigError, Settings, load
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "config.example.toml"
 SECTIONS = ("server", "upstream", "wait", "retention", "log", "store", "security")
 

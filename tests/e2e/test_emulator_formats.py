@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 import pathlib
-import socket
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from support.processes import free_port
 
 from sync_gateway.emulator import (
     EmulatorSettings,
@@ -120,15 +120,8 @@ async def test_create_emulator_app(aiohttp_client: Any) -> None:
     assert resp.status == 200 and await resp.json() == {"ok": True}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_run_emulator_until_cancelled() -> None:
-    port = _free_port()
+    port = free_port()
     task = asyncio.create_task(run_emulator(EmulatorSettings(), "127.0.0.1", port))
     try:
         async with aiohttp.ClientSession() as http:

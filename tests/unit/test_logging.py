@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
-from test_ops import cli_env, free_port, start_cli, stop_cli
+from support.processes import cli_env, free_port, start_cli, stop_cli
 
 from sync_gateway import logging as gw_logging
 from sync_gateway.emulator import EmulatorServer, EmulatorSettings

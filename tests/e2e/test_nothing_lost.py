@@ -13,10 +13,9 @@ import asyncio
 import math
 import os
 import signal
-import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -35,7 +34,8 @@ from conftest import (
     Gateway,
     start_gateway,
 )
-from helpers import add_faults, stats
+from support.helpers import add_faults, eventually, stats
+from support.processes import free_port
 
 from sync_gateway.config import load
 from sync_gateway.emulator import EmulatorServer, EmulatorSettings
@@ -53,17 +53,6 @@ def job_path(task: str, customer: str = CUSTOMER) -> str:
     return f"/{customer}/task/{task}/job"
 
 
-async def wait_for(
-    condition: Callable[[], Awaitable[bool]], what: str, deadline: float = 15.0
-) -> None:
-    """Poll ``condition`` until it holds; fail (not time out silently) after ``deadline``."""
-    give_up = time.monotonic() + deadline
-    while not await condition():
-        if time.monotonic() > give_up:
-            pytest.fail(f"gave up waiting for: {what}")
-        await asyncio.sleep(0.02)
-
-
 async def wait_for_stats(
     http: aiohttp.ClientSession,
     emulator: EmulatorServer,
@@ -73,7 +62,7 @@ async def wait_for_stats(
     async def holds() -> bool:
         return check(await stats(http, emulator))
 
-    await wait_for(holds, what)
+    await eventually(holds, what)
 
 
 def only_job_id(emulator: EmulatorServer) -> str:
@@ -173,13 +162,6 @@ async def hang_up_after_create(
 
 async def has_jobs(emulator: EmulatorServer) -> bool:
     return bool(emulator.state.jobs)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # ---- wait budgets and 202 -----------------------------------------------------------------
@@ -436,7 +418,7 @@ async def test_client_hang_up_during_the_create_keeps_the_job_and_result_is_retr
         extra_headers=(f"Idempotency-Key: {key}",),
         during_create=True,
     )
-    await wait_for(lambda: has_jobs(emulator), "the slow create to finish upstream")
+    await eventually(lambda: has_jobs(emulator), "the slow create to finish upstream")
     job_id = only_job_id(emulator)
     async with http.post(
         gateway.url + job_path(DELAY_TASK), json=[0.5], headers={**BEARER, "Idempotency-Key": key}
@@ -740,7 +722,7 @@ async def test_sigterm_with_50_waiting_clients_loses_no_result(
         except aiohttp.ClientConnectionError:
             return proc.returncode is not None  # a dead process: fail just below
 
-    await wait_for(healthy, "the gateway process to listen")
+    await eventually(healthy, "the gateway process to listen")
     assert proc.returncode is None
 
     long_jobs, short_jobs = 50, 10

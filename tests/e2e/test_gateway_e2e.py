@@ -28,7 +28,7 @@ from conftest import (
     TOKEN,
     Gateway,
 )
-from seeds import (
+from support.seeds import (
     REGIMEN,
     SEED_FAILURE_OUTPUT,
     SEED_FAILURE_PARSE,

@@ -9,8 +9,7 @@ Nothing asserts that something took less than N seconds; waits have generous dea
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ import aiohttp
 import orjson
 import pytest
 from conftest import CUSTOMER, DELAY_TASK, TOKEN, Gateway, gateway_settings, start_gateway
-from test_store import RedisServer, running_redis
+from support.helpers import eventually, stats
+from support.processes import RedisServer, running_redis
 
 from sync_gateway.emulator import EmulatorServer
 from sync_gateway.store.redis import backend as shared_store_backend
@@ -72,23 +72,6 @@ async def many() -> AsyncIterator[aiohttp.ClientSession]:
     """A client without a connection cap: hundreds of waiters at once."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         yield session
-
-
-async def eventually(condition: Callable[[], Awaitable[bool] | bool], what: str) -> None:
-    give_up = time.monotonic() + 15
-    while True:
-        value = condition()
-        if value if isinstance(value, bool) else await value:
-            return
-        if time.monotonic() > give_up:
-            pytest.fail(f"gave up waiting for: {what}")
-        await asyncio.sleep(0.02)
-
-
-async def stats(http: aiohttp.ClientSession, emulator: EmulatorServer) -> dict[str, Any]:
-    async with http.get(f"{emulator.url}/_emulator/stats") as resp:
-        value: dict[str, Any] = await resp.json()
-        return value
 
 
 async def upstream_result_requests(

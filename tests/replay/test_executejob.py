@@ -13,7 +13,8 @@ import orjson
 import pytest
 import structlog
 from conftest import Gateway
-from helpers import (
+from multidict import MultiDict
+from support.helpers import (
     answer_of,
     assert_no_machine_specific_origin,
     call,
@@ -21,7 +22,6 @@ from helpers import (
     scenario,
     step_until_final,
 )
-from multidict import MultiDict
 
 from sync_gateway.config import RouteSettings, UpstreamSettings
 from sync_gateway.core.errors import BadRequest, GatewayError

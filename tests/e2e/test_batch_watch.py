@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 from conftest import CUSTOMER, DELAY_TASK, OTHER_TOKEN, TOKEN, Gateway
-from helpers import add_faults, call, stats
+from support.helpers import add_faults, call, stats
 
 from sync_gateway.emulator import EmulatorServer
 

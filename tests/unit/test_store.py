@@ -7,9 +7,6 @@ embedded memory store and the Redis store, with a real ``redis-server`` on a loo
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,6 +14,8 @@ from typing import Any
 
 import pytest
 from conftest import gateway_settings
+from support.helpers import eventually
+from support.processes import RedisServer, redis_executable, running_redis
 
 from sync_gateway.core.access import Fingerprints
 from sync_gateway.core.types import Credentials, JobRef, Retained, Snapshot
@@ -31,85 +30,6 @@ OTHER = FINGERPRINTS.of(Credentials(access_token="other-token"))
 
 
 # ---- a real redis-server -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A throw-away redis-server on a loopback port (no persistence), stoppable and
-    restartable on the same port."""
-
-    def __init__(self, executable: str, directory: Path) -> None:
-        self.executable = executable
-        self.directory = directory
-        self.port = free_port()
-        self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            self.executable,
-            *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
-            *("--appendonly", "no", "--dir", str(self.directory)),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        give_up = time.monotonic() + 10
-        while not await self._pong():
-            if self.process.returncode is not None or time.monotonic() > give_up:
-                pytest.fail("redis-server did not start")
-            await asyncio.sleep(0.02)
-
-    async def _pong(self) -> bool:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
-            return False
-        try:
-            writer.write(b"PING\r\n")
-            await writer.drain()
-            return (await reader.readline()).startswith(b"+PONG")
-        except OSError:
-            return False
-        finally:
-            writer.close()
-
-    async def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 5)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
-def redis_executable() -> str:
-    found = shutil.which("redis-server")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed (.ci/run installs it)")
-        pytest.skip("redis-server is not installed")
-    return found
-
-
-async def running_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(redis_executable(), tmp_path)
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture
@@ -171,14 +91,6 @@ def finished(body: bytes = b'["hello"]', size: int = 100) -> Snapshot:
 
 def retained(job: str = "j1", seconds: float = 60.0, size: int = 100) -> Retained:
     return Retained(ref(job), finished(size=size), OWNER, time.monotonic() + seconds)
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    give_up = time.monotonic() + 10
-    while not await condition():
-        if time.monotonic() > give_up:
-            pytest.fail(f"gave up waiting for: {what}")
-        await asyncio.sleep(0.02)
 
 
 # ---- results -------------------------------------------------------------------------------

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from conftest import CUSTOMER, DELAY_TASK, INSTANT_TASK, TOKEN, Gateway
-from helpers import stats
+from support.helpers import eventually, stats
 
 from sync_gateway.emulator import EmulatorServer
 from sync_gateway.web.keys import ENGINE
@@ -34,16 +34,6 @@ def waiters(gw: Gateway, job_id: str) -> int:
     """Clients blocked on the job's watch in the gateway right now (0 when not watched)."""
     watch = gw.app[ENGINE].watching(f"theeye:{job_id}")
     return watch.waiters if watch is not None else 0
-
-
-async def until(check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
-    """Wait (bounded) for a condition on the gateway's or the emulator's state."""
-    for _ in range(500):
-        outcome = check()
-        if outcome if isinstance(outcome, bool) else await outcome:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 @pytest.fixture
@@ -111,7 +101,7 @@ async def test_fifty_reattaches_and_the_creator_share_one_watch(
             peak = max(peak, waiters(gw, job_id))
             return peak == 51 or all(c.done() for c in calls)
 
-        await until(all_waiting, "51 waiters on the watch")
+        await eventually(all_waiting, "51 waiters on the watch")
         answers = await asyncio.gather(*calls)
     assert peak == 51  # they really waited together, on one watch
     assert answers == [(200, OUTPUT)] * 51
@@ -126,9 +116,9 @@ async def test_a_waiter_that_hangs_up_does_not_stop_the_watch_for_the_others(
     stayers = [asyncio.ensure_future(reattach(gw, http, job_id)) for _ in range(3)]
     async with aiohttp.ClientSession() as own:  # its own connection, closed on cancel
         leaver = asyncio.ensure_future(reattach(gw, own, job_id))
-        await until(lambda: waiters(gw, job_id) == 4, "4 waiters")
+        await eventually(lambda: waiters(gw, job_id) == 4, "4 waiters")
         leaver.cancel()
-        await until(lambda: waiters(gw, job_id) == 3, "the gateway to see the hang-up")
+        await eventually(lambda: waiters(gw, job_id) == 3, "the gateway to see the hang-up")
     assert gw.app[ENGINE].watching(f"theeye:{job_id}") is not None  # still watched
     assert await asyncio.gather(*stayers) == [(200, OUTPUT)] * 3
     assert_one_watch(await stats(http, emulator), job_id, seconds)
@@ -156,10 +146,10 @@ async def test_the_creator_hanging_up_keeps_the_watch_for_a_reattach(
             job = await created_job()
             return bool(job) and waiters(gw, job) == 1
 
-        await until(creator_waiting, "the creator to wait on its job")
+        await eventually(creator_waiting, "the creator to wait on its job")
         job_id = await created_job()
         creator.cancel()
-        await until(lambda: waiters(gw, job_id) == 0, "the gateway to see the hang-up")
+        await eventually(lambda: waiters(gw, job_id) == 0, "the gateway to see the hang-up")
     assert await reattach(gw, http, job_id) == (200, OUTPUT)
     assert_one_watch(await stats(http, emulator), job_id, seconds)
 

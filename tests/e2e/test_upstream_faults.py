@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import HELLO_TASK, INSTANT_TASK, LARGE_TASK, TOKEN, Gateway
-from helpers import add_faults, stats
+from support.helpers import add_faults, stats
 
 from sync_gateway.emulator import EmulatorServer
 

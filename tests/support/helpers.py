@@ -8,25 +8,28 @@ an adapter alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from aioresponses import aioresponses
 from conftest import UPSTREAM
 
 from sync_gateway.core.errors import GatewayError, UpstreamRejected
 from sync_gateway.core.types import Credentials, Format, FormatKind, JobRef, Snapshot
+from sync_gateway.emulator import EmulatorServer
 from sync_gateway.render import render
 from sync_gateway.render.common import DEFAULT_LIMITS
-from sync_gateway.emulator import EmulatorServer
 from sync_gateway.upstream.base import Adapter
 
-RECORDINGS = Path(__file__).parent / "recordings"
+RECORDINGS = Path(__file__).parent.parent / "recordings"
 ID_PLACEHOLDER = "\x00job\x00"
 
 
@@ -41,6 +44,20 @@ async def call(
     except orjson.JSONDecodeError:
         body = raw
     return resp.status, body, resp
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[bool] | bool], what: str, seconds: float = 15.0
+) -> None:
+    """Wait until ``condition`` (a function, sync or async) holds; fail naming ``what``."""
+    give_up = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value if isinstance(value, bool) else await value:
+            return
+        if time.monotonic() > give_up:
+            pytest.fail(f"gave up waiting for: {what}")
+        await asyncio.sleep(0.02)
 
 
 async def stats(http: aiohttp.ClientSession, emulator: EmulatorServer) -> dict[str, Any]:

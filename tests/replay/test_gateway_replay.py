@@ -15,8 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aioresponses import aioresponses
 from conftest import TOKEN
-from helpers import document, recording, serve, serve_example
-from seeds import REGIMEN, SEED_FAILURE_OUTPUT, SEED_FAILURE_PARSE
+from support.helpers import document, recording, serve, serve_example
+from support.seeds import REGIMEN, SEED_FAILURE_OUTPUT, SEED_FAILURE_PARSE
 
 JSON_TYPE = "application/json; charset=utf-8"
 

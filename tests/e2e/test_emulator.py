@@ -25,7 +25,7 @@ from conftest import (
     TIMEOUT_TASK,
     TOKEN,
 )
-from seeds import (
+from support.seeds import (
     ISO,
     REGIMEN,
     SEED_FAILURE_OUTPUT,

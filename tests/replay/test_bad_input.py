@@ -19,7 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aioresponses import aioresponses
 from conftest import HELLO_TASK, TOKEN, UPSTREAM, Gateway
-from helpers import document, serve_finished_document
+from support.helpers import document, serve_finished_document
 from yarl import URL
 
 from sync_gateway.emulator import EmulatorServer

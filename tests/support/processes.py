@@ -1,0 +1,150 @@
+"""Real processes the tests start and always stop: redis-server, the gateway's CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+import sync_gateway
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A throw-away redis-server on a loopback port (no persistence), stoppable and
+    restartable on the same port."""
+
+    def __init__(self, executable: str, directory: Path) -> None:
+        self.executable = executable
+        self.directory = directory
+        self.port = free_port()
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            self.executable,
+            *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+            *("--appendonly", "no", "--dir", str(self.directory)),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        give_up = time.monotonic() + 10
+        while not await self._pong():
+            if self.process.returncode is not None or time.monotonic() > give_up:
+                pytest.fail("redis-server did not start")
+            await asyncio.sleep(0.02)
+
+    async def _pong(self) -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        try:
+            writer.write(b"PING\r\n")
+            await writer.drain()
+            return (await reader.readline()).startswith(b"+PONG")
+        except OSError:
+            return False
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 5)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+def redis_executable() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed (.ci/run installs it)")
+        pytest.skip("redis-server is not installed")
+    return found
+
+
+async def running_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    server = RedisServer(redis_executable(), tmp_path)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `python -m sync_gateway` child: this checkout importable."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SYNC_GATEWAY_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    root = str(Path(sync_gateway.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    env["TMPDIR"] = str(tmp_path)
+    env.update(extra)
+    return env
+
+
+async def start_cli(
+    args: list[str], env: dict[str, str], tmp_path: Path, http: aiohttp.ClientSession, url: str
+) -> asyncio.subprocess.Process:
+    """`python -m sync_gateway …` with stdout/stderr in files, once /healthz answers."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sync_gateway",
+        *args,
+        env=env,
+        stdout=(tmp_path / "stdout").open("wb"),
+        stderr=(tmp_path / "stderr").open("wb"),
+    )
+    for _ in range(600):  # a bounded wait for start-up, not a timing assertion
+        if proc.returncode is not None:
+            break
+        try:
+            async with http.get(f"{url}/healthz") as resp:
+                if resp.status == 200:
+                    return proc
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    await stop_cli(proc)
+    pytest.fail("the gateway did not start: " + (tmp_path / "stderr").read_text())
+
+
+async def stop_cli(proc: asyncio.subprocess.Process) -> int:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode
