@@ -58,6 +58,7 @@ class Adapter(abc.ABC):
     configured route's name); ``flavour`` is the protocol."""
 
     flavour: ClassVar[str]
+    needs_route: ClassVar[bool] = True  # served by a [[routes]] entry, not by default
 
     def __init__(
         self,
@@ -66,10 +67,24 @@ class Adapter(abc.ABC):
         settings: UpstreamSettings,
         route: RouteSettings | None = None,
     ) -> None:
+        if route is None and self.needs_route:
+            raise ValueError(f"a {self.flavour} adapter serves a configured route")
         self.name = name
         self.client = client
         self.settings = settings
-        self.route = route
+        self._route = route
+        self.base = (route.upstream if route is not None else settings.url).rstrip("/")
+        self.setup()
+
+    @property
+    def route(self) -> RouteSettings:
+        """The [[routes]] entry this adapter serves."""
+        if self._route is None:
+            raise ValueError(f"the {self.name} adapter serves no configured route")
+        return self._route
+
+    def setup(self) -> None:  # noqa: B027 (a default, not an abstract method)
+        """What a flavour builds once from its settings (default: nothing)."""
 
     @abc.abstractmethod
     async def create(self, request: CreateRequest) -> Created:

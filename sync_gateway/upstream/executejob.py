@@ -35,23 +35,10 @@ from typing import Any
 
 import orjson
 
-from sync_gateway.config import RouteSettings, UpstreamSettings
-from sync_gateway.core.errors import (
-    BadRequest,
-    Forbidden,
-    UpstreamBadResponse,
-    UpstreamUnavailable,
-)
-from sync_gateway.core.types import (
-    Created,
-    CreateRequest,
-    Credentials,
-    JobRef,
-    Progress,
-    Snapshot,
-)
+from sync_gateway.core.errors import BadRequest, Forbidden, UpstreamBadResponse, UpstreamUnavailable
+from sync_gateway.core.types import Created, CreateRequest, Credentials, JobRef, Progress, Snapshot
 from sync_gateway.upstream.base import Adapter, rejected
-from sync_gateway.upstream.http import RETRY_STATUSES, Response, UpstreamClient
+from sync_gateway.upstream.http import RETRY_STATUSES, Response
 
 _JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 COMPLETED = "completed"
@@ -148,18 +135,6 @@ class ExecuteJobAdapter(Adapter):
     """Talks to an executeJob.jsp / getJobStatus.jsp API (InfoLink REST style)."""
 
     flavour = "executejob"
-
-    def __init__(
-        self,
-        name: str,
-        client: UpstreamClient,
-        settings: UpstreamSettings,
-        route: RouteSettings | None = None,
-    ) -> None:
-        if route is None:
-            raise ValueError("an executejob adapter serves a configured route")
-        super().__init__(name, client, settings, route)
-        self.base = route.upstream.rstrip("/")
 
     def _job_body(self, request: CreateRequest) -> tuple[dict[str, Any], str | None]:
         """The create's JSON body as it goes upstream, and the apiKey it carries."""

@@ -1,9 +1,10 @@
 """The one way adapters talk HTTP: pooled session, explicit timeouts, bounded reads, retries.
 
-Retry policy (SPEC 4), declared once with tenacity: connection errors, 429, 502, 503 and 504
-are retried with exponential backoff and jitter, honouring ``Retry-After``, never past the
-caller's deadline. A create passes ``idempotent=False`` and is then retried only when the
-request provably never left (a connect error).
+Retry policy (SPEC 4; the backoff is declared once, in :mod:`sync_gateway.core.retry`):
+connection errors, 429, 502, 503 and 504 are retried with exponential backoff and jitter,
+honouring ``Retry-After``, never past the caller's deadline. A create passes
+``idempotent=False`` and is then retried only when the request provably never left (a
+connect error).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_before_delay,
-    wait_exponential_jitter,
 )
 from tenacity.stop import stop_base
 
@@ -36,6 +36,7 @@ from sync_gateway.core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from sync_gateway.core.retry import Backoff
 from sync_gateway.metrics import Metrics
 
 log = structlog.get_logger("sync_gateway.upstream")
@@ -103,23 +104,22 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-class _WaitHonouringRetryAfter:
-    """Exponential backoff with jitter, but never shorter than the upstream's Retry-After."""
+def _retry_after_of(exc: BaseException) -> float | None:
+    return exc.response.retry_after if isinstance(exc, RetryableStatus) else None
 
-    def __init__(self, settings: UpstreamSettings) -> None:
-        self._backoff = wait_exponential_jitter(
-            multiplier=0.1, min=0.1, max=settings.poll_max_interval, jitter=0.1
-        )
 
-    def __call__(self, state: RetryCallState) -> float:
-        delay = float(self._backoff(state))
-        outcome = state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        if isinstance(exc, RetryableStatus):
-            after = exc.response.retry_after
-            if after is not None:
-                delay = max(delay, after)
-        return delay
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One upstream request as the client sends it (and sends it again on a retry)."""
+
+    kind: str
+    method: str
+    url: str
+    params: Any
+    headers: Mapping[str, str] | None
+    data: bytes | None
+    timeout: float | None
+    long_poll: bool
 
 
 class UpstreamClient:
@@ -131,7 +131,7 @@ class UpstreamClient:
         self.session = session
         self.settings = settings
         self.metrics = metrics
-        self._wait = _WaitHonouringRetryAfter(settings)
+        self._wait = Backoff(settings.poll_max_interval, _retry_after_of)
         # Ordinary requests (creates, polls, cancels) queue here rather than each opening a
         # connection: a burst of thousands of creates then reuses warm keep-alive connections
         # instead of flooding the upstream's listen queue. Long polls are bounded separately
@@ -167,11 +167,11 @@ class UpstreamClient:
                 return True
             return idempotent and isinstance(exc, RetryableStatus | UpstreamUnavailable)
 
-        call = (kind, method, url, params, headers, data, timeout, long_poll)
+        call = _Call(kind, method, url, params, headers, data, timeout, long_poll)
         # Fast path: most requests succeed at once; the retry machinery is built only when
         # the first attempt failed in a way the policy retries.
         try:
-            return await self._send(*call)
+            return await self._send(call)
         except UpstreamUnavailable as exc:
             if not retryable(exc):
                 if isinstance(exc, RetryableStatus):
@@ -196,9 +196,7 @@ class UpstreamClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._send(
-                        kind, method, url, params, headers, data, timeout, long_poll
-                    )
+                    return await self._send(call)
         except RetryableStatus as exc:
             # Not retried any more: the adapter decides what a 429 or 5xx answer means.
             return exc.response
@@ -218,40 +216,22 @@ class UpstreamClient:
         exc = state.outcome.exception() if state.outcome else None
         self._log_retry(kind, state.attempt_number + 1, exc)
 
-    async def _send(
-        self,
-        kind: str,
-        method: str,
-        url: str,
-        params: Any,
-        headers: Mapping[str, str] | None,
-        data: bytes | None,
-        timeout: float | None,
-        long_poll: bool,
-    ) -> Response:
-        if long_poll or self._slots is None:
-            return await self._once(kind, method, url, params, headers, data, timeout)
+    async def _send(self, call: _Call) -> Response:
+        if call.long_poll or self._slots is None:
+            return await self._once(call)
         async with self._slots:
-            return await self._once(kind, method, url, params, headers, data, timeout)
+            return await self._once(call)
 
-    async def _once(
-        self,
-        kind: str,
-        method: str,
-        url: str,
-        params: Any,
-        headers: Mapping[str, str] | None,
-        data: bytes | None,
-        timeout: float | None,
-    ) -> Response:
+    async def _once(self, call: _Call) -> Response:
+        kind, timeout = call.kind, call.timeout
         client_timeout = self._default_timeout if timeout is None else self._timeout(timeout)
         try:
             async with self.session.request(
-                method,
-                url,
-                params=params,
-                headers=headers,
-                data=data,
+                call.method,
+                call.url,
+                params=call.params,
+                headers=call.headers,
+                data=call.data,
                 timeout=client_timeout,
                 allow_redirects=False,
             ) as resp:

@@ -27,23 +27,11 @@ from urllib.parse import quote
 
 import yarl
 
-from sync_gateway.config import RouteSettings, UpstreamSettings, placeholders
-from sync_gateway.core.errors import (
-    Forbidden,
-    NotFound,
-    UpstreamBadResponse,
-    UpstreamUnavailable,
-)
-from sync_gateway.core.types import (
-    Created,
-    CreateRequest,
-    Credentials,
-    JobRef,
-    Progress,
-    Snapshot,
-)
+from sync_gateway.config import placeholders
+from sync_gateway.core.errors import Forbidden, NotFound, UpstreamBadResponse, UpstreamUnavailable
+from sync_gateway.core.types import Created, CreateRequest, Credentials, JobRef, Progress, Snapshot
 from sync_gateway.upstream.base import Adapter, create_headers, create_query, rejected
-from sync_gateway.upstream.http import RETRY_STATUSES, Response, UpstreamClient
+from sync_gateway.upstream.http import RETRY_STATUSES, Response
 
 RUNNING = Snapshot(False, "in_progress", "polling", kind="location")
 ACCEPT = {"Accept": "application/json"}
@@ -82,19 +70,9 @@ class LocationPollAdapter(Adapter):
     """Talks to an upstream that answers 202 + Location and serves the result once."""
 
     flavour = "location-poll"
-    route: RouteSettings
 
-    def __init__(
-        self,
-        name: str,
-        client: UpstreamClient,
-        settings: UpstreamSettings,
-        route: RouteSettings | None = None,
-    ) -> None:
-        if route is None:
-            raise ValueError("a location-poll adapter serves a configured route")
-        super().__init__(name, client, settings, route)
-        self.origin = yarl.URL(route.upstream).origin()
+    def setup(self) -> None:
+        self.origin = yarl.URL(self.route.upstream).origin()
 
     def _auth(self, url: str, credentials: Credentials) -> tuple[dict[str, str], dict[str, str]]:
         """(query params, headers) carrying the caller's credentials, to our origin only."""

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from sync_gateway.config import RouteSettings, UpstreamSettings
 from sync_gateway.core.errors import Forbidden, UpstreamBadResponse, UpstreamUnavailable
 from sync_gateway.core.types import (
     FINAL_LIFECYCLES,
@@ -27,7 +26,7 @@ from sync_gateway.core.types import (
     Snapshot,
 )
 from sync_gateway.upstream.base import Adapter, create_headers, create_query, rejected
-from sync_gateway.upstream.http import Response, UpstreamClient
+from sync_gateway.upstream.http import Response
 from sync_gateway.upstream.theeye_batch import BatchWatcher
 
 SUPERVISOR_MIN_TIMEOUT = 10.0
@@ -52,20 +51,14 @@ class TheEyeAdapter(Adapter):
     """Talks to a TheEye supervisor."""
 
     flavour = "theeye"
+    needs_route = False
 
-    def __init__(
-        self,
-        name: str,
-        client: UpstreamClient,
-        settings: UpstreamSettings,
-        route: RouteSettings | None = None,
-    ) -> None:
-        super().__init__(name, client, settings, route)
-        self.base = (route.upstream if route is not None else settings.url).rstrip("/")
+    def setup(self) -> None:
         # Each upstream long poll holds a connection (a file descriptor) for up to a minute;
         # past this many at once, further jobs are watched by interval polling instead.
         self.long_polls = 0
-        self.batch = BatchWatcher(self.base, client, settings.poll_interval, settings.list_batch)
+        up = self.settings
+        self.batch = BatchWatcher(self.base, self.client, up.poll_interval, up.list_batch)
 
     def _create_url(self, params: Mapping[str, str]) -> str:
         path = f"/task/{_seg(params['task'])}"
@@ -146,16 +139,17 @@ class TheEyeAdapter(Adapter):
         )
         return Progress(self._finished_or_rejected(resp), long_polled=True)
 
-    async def _get_document(self, ref: JobRef, credentials: Credentials) -> Snapshot:
-        params, headers = credentials.forwarded()
+    async def _job_request(
+        self, kind: str, method: str, ref: JobRef, credentials: Credentials, suffix: str = ""
+    ) -> Response:
+        """``{method} /{customer}/job/{id}{suffix}`` with the caller's one credential."""
         assert ref.customer is not None
-        resp = await self.client.request(
-            "job",
-            "GET",
-            f"{self.base}/{_seg(ref.customer)}/job/{_seg(ref.id)}",
-            params=params,
-            headers=headers,
-        )
+        params, headers = credentials.forwarded()
+        url = f"{self.base}/{_seg(ref.customer)}/job/{_seg(ref.id)}{suffix}"
+        return await self.client.request(kind, method, url, params=params, headers=headers)
+
+    async def _get_document(self, ref: JobRef, credentials: Credentials) -> Snapshot:
+        resp = await self._job_request("job", "GET", ref, credentials)
         if 400 <= resp.status < 500:
             raise rejected(resp)
         if resp.status != 200:
@@ -195,15 +189,7 @@ class TheEyeAdapter(Adapter):
     async def cancel(self, ref: JobRef, credentials: Credentials) -> int | None:
         if not ref.customer:
             return None
-        params, headers = credentials.forwarded()
-        resp = await self.client.request(
-            "cancel",
-            "PUT",
-            f"{self.base}/{_seg(ref.customer)}/job/{_seg(ref.id)}/cancel",
-            params=params,
-            headers=headers,
-        )
-        return resp.status
+        return (await self._job_request("cancel", "PUT", ref, credentials, "/cancel")).status
 
     def credentials(self, request: CreateRequest) -> Credentials:
         """The query or Authorization token, or the task's secret on the secret routes."""

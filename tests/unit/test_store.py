@@ -125,11 +125,16 @@ async def test_result_put_by_one_replica_is_read_by_another(make_store: StoreFac
 
 async def test_result_expires_after_retention(make_store: StoreFactory) -> None:
     a, b = await make_store(seconds=0.3), await make_store(seconds=0.3)
-    await a.put(retained("j3", seconds=0.3))
+    assert await a.put(retained("j3", seconds=0.3)) is True
+    # Kept first (read back at once, by the writer and, when shared, by the other replica)…
+    kept = await a.get("theeye:j3")
+    assert kept is not None and kept.snapshot.state == "success"
+    assert await b.get("theeye:j3") is not None
 
     async def gone() -> bool:
         return await a.get("theeye:j3") is None and await b.get("theeye:j3") is None
 
+    # …then gone once the retention period is over.
     await eventually(gone, "the result to expire")
 
 
@@ -211,8 +216,16 @@ async def test_failed_create_releases_the_claim(make_store: StoreFactory) -> Non
 
 async def test_concurrent_claims_have_one_winner(make_store: StoreFactory) -> None:
     stores = [await make_store() for _ in range(2)]
-    claims = await asyncio.gather(*(s.claim("key-4") for s in stores for _ in range(5)))
-    assert sum(1 for c in claims if c is None) == 1
+    owners = [s for s in stores for _ in range(5)]
+    claims = await asyncio.gather(*(s.claim("key-4") for s in owners))
+    winners = [owners[i] for i, c in enumerate(claims) if c is None]
+    assert len(winners) == 1
+    # Every loser was answered a future of the winner's job, and gets it once it is settled.
+    losers = [c for c in claims if c is not None]
+    assert len(losers) == 9 and not any(f.done() for f in losers)
+    winners[0].settle("key-4", ref("c4"))
+    for future in losers:
+        assert await asyncio.wait_for(future, 10) == ref("c4")
 
 
 async def test_a_kept_document_reads_back_equal_to_the_one_put(make_store: StoreFactory) -> None:

@@ -21,7 +21,7 @@ The modules, one job each: :mod:`.connection` (whether Redis is usable, back-off
 """
 
 # The constants are re-exported to be read. A test that changes one patches the module that
-# reads it (``shared_store.backend.LEASE_SECONDS``): rebinding the name here changes nothing.
+# reads it (``store.redis.backend.LEASE_SECONDS``): rebinding the name here changes nothing.
 from sync_gateway.store.redis.backend import CHECK_SECONDS, LEASE_SECONDS, RedisBackend
 from sync_gateway.store.redis.codec import SCHEMA
 from sync_gateway.store.redis.connection import (

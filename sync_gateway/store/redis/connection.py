@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
@@ -74,6 +74,17 @@ class Link:
             raise Unavailable from exc
         self.ok()
         return result
+
+    async def pipelined(self, op: str, *commands: Callable[[Any], object]) -> list[Any]:
+        """Several commands in one round trip (no transaction): their results in order."""
+
+        async def call(r: aioredis.Redis) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for command in commands:
+                command(pipe)
+            return await pipe.execute()
+
+        return await self.run(op, call)
 
     def failed(self, exc: BaseException) -> None:
         if self.up:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
-
-import redis.asyncio as aioredis
 
 from sync_gateway.store.redis.connection import Link, Unavailable
 from sync_gateway.store.redis.keys import PREFIX, RELEASE, RENEW, ms
@@ -56,16 +53,12 @@ class RedisCoordinator:
         self._done.setdefault(key, set()).add(done)
         rkey, lkey = PREFIX + "result:" + key, PREFIX + "lease:" + key
 
-        async def check(r: aioredis.Redis) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
-            pipe.exists(rkey)
-            pipe.exists(lkey)
-            return await pipe.execute()
-
         try:
             while True:
                 try:
-                    result, lease = await self.link.run("wait", check)
+                    result, lease = await self.link.pipelined(
+                        "wait", lambda p: p.exists(rkey), lambda p: p.exists(lkey)
+                    )
                 except Unavailable:
                     return False  # follow the job here
                 if result:

@@ -14,7 +14,6 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
 
 from sync_gateway.core.types import JobRef, Retained
@@ -76,14 +75,10 @@ class RedisStore:
     async def get(self, key: str) -> Retained | None:
         rkey = PREFIX + "result:" + key
 
-        async def call(r: aioredis.Redis) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
-            pipe.get(rkey)
-            pipe.pttl(rkey)
-            return await pipe.execute()
-
         try:
-            raw, pttl = await self.link.run("get", call)
+            raw, pttl = await self.link.pipelined(
+                "get", lambda p: p.get(rkey), lambda p: p.pttl(rkey)
+            )
         except Unavailable:
             return await self.local.get(key)
         d = codec.decode(raw, "result")
