@@ -1,4 +1,4 @@
-"""The wait engine: one watch loop per job, any number of waiters, budgets, drain.
+"""The wait engine: one watch per job, any number of waiters, budgets, drain, hang-ups.
 
 A *watch* is one task that follows one job upstream (through its adapter) until the job
 finishes, then keeps the result in the store and wakes every waiter at once. A *waiter* is a
@@ -11,26 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from sync_gateway.config import Settings
 from sync_gateway.core.access import Fingerprints
-from sync_gateway.core.errors import (
-    Forbidden,
-    GatewayError,
-    JobLost,
-    NotFound,
-    ResultTooLarge,
-    UpstreamRejected,
-)
-from sync_gateway.core.retry import Backoff, before_deadline, exceptional
-from sync_gateway.core.types import Credentials, JobRef, Progress, Retained, Snapshot
+from sync_gateway.core.errors import GatewayError
+from sync_gateway.core.following import TERMINAL_ERRORS, Coordinator, Follower, Watch
+from sync_gateway.core.types import Credentials, JobRef, Snapshot
 from sync_gateway.metrics import Metrics
 from sync_gateway.store.base import ResultStore
 
@@ -38,13 +28,6 @@ if TYPE_CHECKING:
     from sync_gateway.upstream.base import Adapter
 
 log = structlog.get_logger("sync_gateway.engine")
-
-# Errors after which watching again cannot help: the waiters get them as they are.
-TERMINAL_ERRORS = (UpstreamRejected, ResultTooLarge, NotFound, Forbidden, JobLost)
-
-
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, GatewayError) and not isinstance(exc, TERMINAL_ERRORS)
 
 
 def _wake(waiter: asyncio.Future[Snapshot | None], *_: object) -> None:
@@ -65,57 +48,6 @@ def _from_watch(
         waiter.set_result(watch.result())
 
 
-class Coordinator(Protocol):
-    """Single flight across replicas: who follows a job upstream, and news of its end."""
-
-    async def acquire(self, key: str) -> bool:
-        """True when this replica may follow the job (it holds the lease until release)."""
-        ...
-
-    async def release(self, key: str) -> None:
-        """Give the lease up (the job finished here, or this watch ended)."""
-        ...
-
-    async def publish(self, key: str) -> None:
-        """Tell the other replicas that the job's result is in the shared store."""
-        ...
-
-    async def wait_elsewhere(self, key: str, timeout: float) -> bool:
-        """Wait while another replica follows the job: True when its result was published,
-        False when the lease lapsed (or ``timeout`` passed) and this replica should try."""
-        ...
-
-
-class LocalCoordinator:
-    """One process: every job is followed here."""
-
-    async def acquire(self, key: str) -> bool:
-        return True
-
-    async def release(self, key: str) -> None:
-        return None
-
-    async def publish(self, key: str) -> None:
-        return None
-
-    async def wait_elsewhere(self, key: str, timeout: float) -> bool:
-        return False
-
-
-@dataclass(eq=False, slots=True)
-class Watch:
-    """One job being followed upstream."""
-
-    ref: JobRef
-    credentials: Credentials
-    owner: bytes
-    last: Snapshot
-    future: asyncio.Future[Snapshot | None]
-    task: asyncio.Task[None] | None = None
-    waiters: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-
 class Engine:
     """Owns every watch; the HTTP handlers only call :meth:`wait` and friends."""
 
@@ -130,7 +62,7 @@ class Engine:
     ) -> None:
         self.adapters = adapters
         self.fingerprints = fingerprints
-        self.coordinator: Coordinator = coordinator or LocalCoordinator()
+        self.follower = Follower(adapters, store, settings, metrics, coordinator)
         self.store = store
         self.settings = settings
         self.metrics = metrics
@@ -164,17 +96,8 @@ class Engine:
         return w
 
     async def _run(self, w: Watch) -> None:
-        deadline = self._loop.time() + self.settings.wait.watch_seconds
         try:
-            if w.last.finished:  # the create itself answered the result: nothing to follow
-                result: Snapshot | None = w.last
-                await self._finish(w, w.last)
-            elif isinstance(self.coordinator, LocalCoordinator):  # no frame more than needed
-                result = await self._follow(w, deadline)
-                if result is not None:
-                    await self._finish(w, result)
-            else:
-                result = await self._coordinated(w, deadline)
+            result = await self.follower.outcome(w)
             if result is None:
                 log.info("watch_expired", job_id=w.ref.id)
             if not w.future.done():
@@ -198,82 +121,6 @@ class Engine:
             # A watch future nobody awaited must not warn at garbage collection.
             if w.future.done() and not w.future.cancelled():
                 w.future.exception()
-
-    async def _coordinated(self, w: Watch, deadline: float) -> Snapshot | None:
-        """Follow the job here, unless another replica already does: then wait for its
-        outcome in the shared store, and take over when its lease lapses."""
-        coordinator = self.coordinator
-        key = w.ref.key
-        while self._loop.time() < deadline:
-            if await coordinator.acquire(key):
-                try:
-                    result = await self._follow(w, deadline)
-                    if result is not None:
-                        await self._finish(w, result)
-                        await coordinator.publish(key)
-                    return result
-                finally:
-                    await coordinator.release(key)
-            remaining = deadline - self._loop.time()
-            if await coordinator.wait_elsewhere(key, remaining):
-                retained = await self.store.get(key)
-                if retained is not None:
-                    w.last = retained.snapshot
-                    return retained.snapshot
-        return None
-
-    async def _follow(self, w: Watch, deadline: float) -> Snapshot | None:
-        """Step the adapter until the job finishes (its snapshot) or the deadline (None)."""
-        adapter = self.adapters[w.ref.adapter]
-        up = self.settings.upstream
-        delay = min(0.05, up.poll_interval)
-        # A step that failed for a passing reason is retried by the one policy, until the
-        # deadline; built once per watch, used for every step.
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_transient),
-            wait=Backoff(up.poll_max_interval, lambda exc: None),
-            stop=before_deadline(deadline),
-            reraise=True,
-            before_sleep=lambda state: self._step_failed(w, state),
-        )
-        while self._loop.time() < deadline:
-            remaining = deadline - self._loop.time()
-            try:
-                progress: Progress = await retrying(
-                    adapter.step, w.ref, w.credentials, min(up.long_poll_timeout, remaining)
-                )
-            except TERMINAL_ERRORS:
-                raise
-            except GatewayError:  # still failing at the deadline
-                return None
-            snap = progress.snapshot
-            if snap is not None:
-                w.last = snap
-                if snap.finished:
-                    return snap
-            if not progress.long_polled:
-                pause = max(delay, progress.retry_after or 0.0)
-                await asyncio.sleep(min(pause, max(deadline - self._loop.time(), 0.0)))
-                delay = min(delay * 1.5, up.poll_interval)
-        return None
-
-    def _step_failed(self, w: Watch, state: RetryCallState) -> None:
-        exc = exceptional(state)
-        code = exc.code if isinstance(exc, GatewayError) else type(exc).__name__
-        pause = round(state.upcoming_sleep, 3)
-        log.warning("watch_step_failed", job_id=w.ref.id, error=code, pause=pause)
-
-    async def _finish(self, w: Watch, snap: Snapshot) -> None:
-        self.metrics.jobs_finished.labels(state=snap.state or "unknown").inc()
-        expires = time.monotonic() + self.settings.retention.seconds
-        kept = await self.store.put(Retained(w.ref, snap, w.owner, expires))
-        log.info(
-            "job_finished",
-            job_id=w.ref.id,
-            state=snap.state,
-            watched_ms=round((time.monotonic() - w.started) * 1000),
-            retained=kept,
-        )
 
     # ---- waiters -------------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ import structlog
 
 from sync_gateway.config import Settings
 from sync_gateway.core.access import Access
-from sync_gateway.core.engine import Engine, Watch
+from sync_gateway.core.engine import Engine
+from sync_gateway.core.following import Watch
 from sync_gateway.core.types import Created, CreateRequest, Credentials, JobRef, Retained, Snapshot
 from sync_gateway.store.base import ResultStore
 

@@ -14,8 +14,9 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from sync_gateway.config import Settings
-from sync_gateway.core.engine import Engine, Watch
+from sync_gateway.core.engine import Engine
 from sync_gateway.core.errors import PayloadTooLarge, ServiceUnavailable
+from sync_gateway.core.following import Watch
 from sync_gateway.core.jobs import Jobs
 from sync_gateway.core.types import CreateRequest, Format, FormatKind, JobRef, Snapshot
 from sync_gateway.metrics import Metrics

@@ -15,9 +15,9 @@ also keeps a copy of what this replica wrote, leases always granted) and tries R
 after a short back-off. What this replica wrote is written back when Redis returns empty.
 
 The modules, one job each: :mod:`.connection` (whether Redis is usable, back-off, the gauge),
-:mod:`.keys` (key prefix and Lua scripts), :mod:`.codec` (what a key holds),
-:mod:`.store` (results, refs, idempotency claims), :mod:`.coordinator` (leases, "done" news),
-:mod:`.backend` (start, health check, renewals, pub/sub listener, close).
+:mod:`.keys` (key prefix and Lua scripts), :mod:`.codec` (what a key holds), :mod:`.store`
+(results, refs), :mod:`.claims` (idempotency claims), :mod:`.coordinator` (leases, "done"
+news), :mod:`.backend` (start, health check, renewals, pub/sub listener, close).
 """
 
 # The constants are re-exported to be read. A test that changes one patches the module that
