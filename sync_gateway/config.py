@@ -69,7 +69,7 @@ class UpstreamSettings:
 class WaitSettings:
     """How long a client's call may block."""
 
-    default_seconds: float = 60.0
+    default_seconds: float = 50.0
     max_seconds: float = 600.0
     watch_seconds: float = 3600.0
 

@@ -84,7 +84,7 @@ class Jobs:
                     raise
                 log.info("idempotent_replay", job_id=ref.id)
                 return Started(ref, await self._last_known(ref), None, create.credentials)
-        task = asyncio.ensure_future(adapter.create(create))
+        task = asyncio.ensure_future(self._create(adapter, create))
         try:
             created = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -101,6 +101,16 @@ class Jobs:
             await self.access.check(running.ref, running.owner, creds)
         await self._adopted(created, creds, key)
         return Started(created.ref, created.snapshot, created, creds)
+
+    async def _create(self, adapter: Adapter, create: CreateRequest) -> Created:
+        """The upstream's create, with the credentials the job is watched with resolved and,
+        where the caller chooses the job's id, the ref scoped by the caller."""
+        created = await adapter.create(create)
+        creds = created.credentials or create.credentials
+        ref = created.ref
+        if adapter.caller_ids:
+            ref = dataclasses.replace(ref, scope=self.scope_of(creds))
+        return dataclasses.replace(created, ref=ref, credentials=creds)
 
     def _adopt(self, task: asyncio.Future[Created], creds: Credentials, key: str | None) -> None:
         if task.cancelled() or task.exception() is not None:
@@ -138,7 +148,8 @@ class Jobs:
         presented_secret: str | None = None,
     ) -> Retained | Watch:
         """A job's kept result, or its watch, once the caller may see it."""
-        key = JobRef(adapter.name, job_id).key
+        scope = self.scope_of(creds) if adapter.caller_ids else ""
+        key = JobRef(adapter.name, job_id, scope=scope).key
         retained = await self.store.get(key)
         if retained is not None:
             await self.access.check(retained.ref, retained.owner, creds, presented_secret)
@@ -160,6 +171,10 @@ class Jobs:
         if presented_secret is not None:
             ref = dataclasses.replace(ref, job_secret=presented_secret)
         return self.engine.watch(ref, creds, UNKNOWN)
+
+    def scope_of(self, creds: Credentials) -> str:
+        """The key scope of a caller-chosen job id: a prefix of the caller's fingerprint."""
+        return self.access.fingerprints.of(creds).hex()[:32]
 
     def is_creator(self, owner: bytes, creds: Credentials) -> bool:
         """Whether ``creds`` are the ones the job was created with (hang-up policy)."""

@@ -77,10 +77,15 @@ class JobRef:
     job_secret: str | None = None
     poll_url: str | None = None
     extra: tuple[tuple[str, str], ...] = ()
+    # Who the id belongs to, where the caller chooses it (executeJob's jobId): a fingerprint
+    # prefix, so that another caller choosing the same id reaches another job.
+    scope: str = ""
 
     @property
     def key(self) -> str:
         """The engine's and the store's key for this job."""
+        if self.scope:
+            return f"{self.adapter}:{self.scope}:{self.id}"
         return f"{self.adapter}:{self.id}"
 
     def __repr__(self) -> str:

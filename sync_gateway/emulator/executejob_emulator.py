@@ -8,7 +8,7 @@ Built from ``seeds/executejob-getjobstatus.md`` and SPEC 3.3:
   when the job has run, ``{"status": "success", "result": {"results": […]}}`` (the seed's
   example), which is what the gateway must answer for an async job. A ``jobId`` already used
   by the same apiKey and app is the same job (the create is idempotent); by anybody else,
-  an error.
+  an error, or (``scoped_ids``) that caller's own job of the same id.
 * ``GET /api/v1/getJobStatus.jsp?apiKey=…&appId=…&jobId=…`` answers ``result.status``:
   ``running`` until the job's ``duration`` is over, then ``completed`` (with ``results``),
   ``completedWithError`` or ``stopped`` (with ``message``).
@@ -94,6 +94,13 @@ class ExecuteJobEmulatorSettings:
     garbage_status: int = 0
     lost_creates: int = 0
     retry_after: int | None = None
+    # Job ids belong to their apiKey (another apiKey may use the same id for its own job).
+    scoped_ids: bool = False
+
+
+def _slot(settings: ExecuteJobEmulatorSettings, key: str, job_id: str) -> str:
+    """Where a job is kept: by its id, or by apiKey and id with ``scoped_ids``."""
+    return f"{key}/{job_id}" if settings.scoped_ids else job_id
 
 
 @dataclass
@@ -151,13 +158,13 @@ def _start(state: ExecuteJobState, body: dict[str, Any]) -> InfoLinkJob | web.Re
     if not isinstance(body.get("operation"), dict):
         return _error(s, "The parameter 'operation' is required.")
     job_id = body.get("jobId") or uuid.uuid4().hex
-    found = state.jobs.get(str(job_id))
+    found = state.jobs.get(_slot(s, key, str(job_id)))
     if found is not None:
         if found.api_key != key or found.app_id != str(app_id):
             return _error(s, f"The job id '{job_id}' is already in use.")
         return found
     job = InfoLinkJob(str(job_id), key, str(app_id), time.monotonic() + s.duration, s)
-    state.jobs[job.id] = job
+    state.jobs[_slot(s, key, job.id)] = job
     state.counts["jobs"] += 1
     return job
 
@@ -194,7 +201,7 @@ async def get_job_status(request: web.Request) -> web.Response:
     key = q.get("apiKey", "")
     if key not in s.api_keys:
         return _error(s, "Invalid API key.")
-    job = state.jobs.get(q.get("jobId", ""))
+    job = state.jobs.get(_slot(s, key, q.get("jobId", "")))
     if job is None or job.api_key != key or job.app_id != q.get("appId"):
         return _error(s, "Job not found.")
     job.polls += 1

@@ -59,6 +59,9 @@ class Adapter(abc.ABC):
 
     flavour: ClassVar[str]
     needs_route: ClassVar[bool] = True  # served by a [[routes]] entry, not by default
+    # Job ids the caller chooses (and the upstream scopes per caller): the gateway keys its
+    # jobs by caller too (JobRef.scope), so one caller's id never reaches another's job.
+    caller_ids: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -135,6 +135,7 @@ class ExecuteJobAdapter(Adapter):
     """Talks to an executeJob.jsp / getJobStatus.jsp API (InfoLink REST style)."""
 
     flavour = "executejob"
+    caller_ids = True
 
     def _job_body(self, request: CreateRequest) -> tuple[dict[str, Any], str | None]:
         """The create's JSON body as it goes upstream, and the apiKey it carries."""
@@ -211,7 +212,8 @@ class ExecuteJobAdapter(Adapter):
         _answer(await self._status(ref, credentials), polling=True)
 
     def credentials(self, request: CreateRequest) -> Credentials:
-        """The apiKey (body first, then query) is who the caller is."""
+        """The apiKey is who the caller is, wherever it came: the body, the query, or (on a
+        re-attach) ``access_token``/``Authorization: Bearer``. One apiKey, one caller."""
         key: str | None = None
         if request.body.strip():
             try:
@@ -220,7 +222,7 @@ class ExecuteJobAdapter(Adapter):
                 body = None
             if isinstance(body, dict):
                 key = _scalar(body.get("apiKey"))
-        key = key or request.query.get("apiKey") or None
+        key = key or request.query.get("apiKey") or api_key_of(request.credentials)
         if key is None:
             return request.credentials
         return Credentials(extra=(("apiKey", key),))

@@ -7,6 +7,7 @@ flavour's handlers have in common, and the resources handed over when the app st
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any
 
@@ -36,6 +37,13 @@ class Call:
     fmt: Format
     budget: parse.Budget
     body: Any
+
+
+def handed_out(query: MultiMapping[str], seconds: float) -> float:
+    """The budget a re-attach hands on in its next Location: the ``wait`` it came with
+    (the client's first budget), else the one it waited."""
+    raw = query.get("wait")
+    return float(raw) if raw is not None and raw.isdigit() else seconds
 
 
 class Calls:
@@ -97,7 +105,7 @@ class Calls:
         """Wait up to ``seconds``: the result, or 202 when the budget ran out first."""
         started = time.monotonic()
         snap = await self.engine.wait(watch, seconds, creator)
-        return self.waited(watch, snap, started, fmt, query, prefer)
+        return self.waited(watch, snap, started, fmt, query, prefer, seconds)
 
     def waited(
         self,
@@ -107,13 +115,14 @@ class Calls:
         fmt: Format,
         query: MultiMapping[str],
         prefer: tuple[str, ...] = (),
+        seconds: float | None = None,
     ) -> web.Response:
         """The answer after a wait: the result, or 202 when the budget ran out first."""
         waited = time.monotonic() - started
         if snap is None:
             self.metrics.budget_expired.inc()
             self.metrics.wait_seconds.labels(outcome="accepted").observe(waited)
-            return self.accepted(watch.ref, watch.last, fmt, query, prefer)
+            return self.accepted(watch.ref, watch.last, fmt, query, prefer, seconds)
         self.metrics.wait_seconds.labels(outcome="finished").observe(waited)
         return self.answer(watch.ref, snap, fmt, prefer)
 
@@ -129,15 +138,15 @@ class Calls:
         fmt: Format,
         query: MultiMapping[str],
         prefer: tuple[str, ...] = (),
+        seconds: float | None = None,
     ) -> web.Response:
-        """202 with a Location that keeps the format (and a token sent in the query)."""
+        """202 with a Location that keeps the format, the budget the client first asked for
+        (``wait``: a client with a short read timeout can poll it safely), and a token the
+        client sent in the query (never one it sent in a header)."""
         items = list(fmt.query_items())
+        if seconds is not None:
+            items.append(("wait", str(math.ceil(max(seconds, 0.0)))))
         if "access_token" in query:
             items.append(("access_token", query["access_token"]))
         location = result_path(ref, DEFAULT) + "?" + query_string(items)
         return accepted(ref, last, location, prefer)
-
-    def reattach_seconds(self, loop: parse.Loop) -> float:
-        """How long a re-attach holds: its ``timeout``, else the default; never past the cap."""
-        seconds = self.settings.wait.default_seconds if loop.timeout is None else loop.timeout
-        return min(seconds, self.settings.wait.max_seconds)

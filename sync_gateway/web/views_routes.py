@@ -3,13 +3,15 @@ and wait, and re-attach by ``/jobs/{route}/{id}/result``."""
 
 from __future__ import annotations
 
+import time
+
 import structlog
 from aiohttp import web
 
 from sync_gateway.core.errors import NotFound
 from sync_gateway.core.types import CreateRequest, Retained
 from sync_gateway.web import parse
-from sync_gateway.web.calls import Calls
+from sync_gateway.web.calls import Calls, handed_out
 
 
 class RouteViews(Calls):
@@ -34,7 +36,7 @@ class RouteViews(Calls):
         params = parse.path_ids(request.match_info)
         query = request.query
         fmt = parse.parse_format(query, self.default_format)
-        loop = parse.loop_params(query)
+        budget = parse.reattach_budget(query, request.headers, self.settings.wait)
         adapter = self.adapters.get(params["adapter"])
         if adapter is None:
             raise NotFound("no configured route has this name", parameter="adapter")
@@ -47,5 +49,8 @@ class RouteViews(Calls):
         if isinstance(found, Retained):
             return self.answer(found.ref, found.snapshot, fmt)
         creator = self.jobs.is_creator(found.owner, creds)
-        seconds = self.reattach_seconds(loop)
-        return await self.wait_and_answer(found, seconds, fmt, query, creator=creator)
+        started = time.monotonic()
+        snap = await self.engine.wait(found, budget.seconds, creator)
+        return self.waited(
+            found, snap, started, fmt, query, budget.applied, handed_out(query, budget.seconds)
+        )

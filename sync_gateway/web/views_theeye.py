@@ -12,7 +12,7 @@ from multidict import MultiDict, MultiMapping
 from sync_gateway.core.types import Created, Credentials, JobRef, Retained
 from sync_gateway.upstream import DEFAULT
 from sync_gateway.web import parse
-from sync_gateway.web.calls import Calls
+from sync_gateway.web.calls import Calls, handed_out
 from sync_gateway.web.respond import json_response, query_string, result_path
 
 
@@ -69,6 +69,7 @@ class TheEyeViews(Calls):
         query = request.query
         fmt = parse.parse_format(query, self.default_format)
         loop = parse.loop_params(query)
+        budget = parse.reattach_budget(query, request.headers, self.settings.wait)
         hints = parse.customer_hint(query)
         presented = params.get("secret")
         creds = Credentials() if presented else parse.credentials(query, request.headers)
@@ -81,11 +82,13 @@ class TheEyeViews(Calls):
             return self.answer(found.ref, found.snapshot, fmt)
         creator = presented is not None or self.jobs.is_creator(found.owner, creds)
         started = time.monotonic()
-        snap = await self.engine.wait(found, self.reattach_seconds(loop), creator)
+        snap = await self.engine.wait(found, budget.seconds, creator)
         counter, limit = loop.counter, loop.limit
         if snap is None and counter is not None and (limit is None or counter < limit):
             return self._see_other_next(found.ref, query, counter)
-        return self.waited(found, snap, started, fmt, query)
+        return self.waited(
+            found, snap, started, fmt, query, budget.applied, handed_out(query, budget.seconds)
+        )
 
     def _see_other_next(self, ref: JobRef, query: MultiMapping[str], counter: int) -> web.Response:
         items = MultiDict(query)

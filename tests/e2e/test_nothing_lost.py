@@ -647,9 +647,13 @@ async def test_wait_result_loop_answers_303_then_202_at_limit_then_the_result(
     # counter == limit and still running: 202 (never 408) with a Location to go on.
     status, headers, body = await reattach(http, gateway.url, location, BEARER)
     location = assert_accepted(status, headers, orjson.loads(body))
-    status, headers, result = await reattach(http, gateway.url, location, BEARER)
+    # The 202's Location keeps a budget of whole seconds (the hop's 0.3 s, rounded up).
+    assert parse_qs(urlsplit(location).query)["wait"] == ["1"]
+    longer = {**BEARER, "Prefer": "wait=10"}
+    status, headers, result = await reattach(http, gateway.url, location, longer)
     assert status == 200
     assert headers["X-Job-Id"] == job_id
+    assert headers["Preference-Applied"] == "wait=10"
     assert orjson.loads(result) == DELAY_OUTPUT
     await assert_one_create(http, emulator)
 

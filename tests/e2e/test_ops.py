@@ -164,7 +164,7 @@ async def test_metrics_move_during_a_sync_call_a_202_and_a_re_attach(
         location = resp.headers["Location"]
     mid = await scrape(http, gateway.url)
     assert value(mid, "sync_gateway_active_watchers") >= 1
-    async with http.get(gateway.url + location) as resp:
+    async with http.get(gateway.url + location, headers={"Prefer": "wait=10"}) as resp:
         assert resp.status == 200
     after = await scrape(http, gateway.url)
 

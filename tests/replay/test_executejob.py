@@ -3,6 +3,7 @@ and the adapter replaying recorded exchanges (``tests/recordings/executejob``)."
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -226,7 +227,7 @@ async def test_budget_expiry_answers_202_and_reattach_gets_the_result(
     assert (server.counts["create"], server.counts["jobs"]) == (1, 1)
 
 
-async def test_reattach_without_the_api_key_is_refused(
+async def test_reattach_without_the_api_key_finds_no_job(
     emu: Emu, gw: Callable[[str], Awaitable[Gateway]], http: aiohttp.ClientSession
 ) -> None:
     server = await emu()
@@ -234,9 +235,37 @@ async def test_reattach_without_the_api_key_is_refused(
     _, _, resp = await run(http, gateway, job_body())
     again = f"{gateway.url}/jobs/infolink/{resp.headers['X-Job-Id']}/result"
     status, body, _ = await call(http, "GET", again)
-    assert (status, body["error"]) == (403, "forbidden")
+    # Jobs are keyed by their creator's apiKey: without it there is no such job here.
+    assert (status, body["error"]) == (404, "not_found")
+    # Another apiKey choosing the same jobId reaches no job of the first caller's either.
     status, body, _ = await call(http, "GET", again, params={"access_token": "wrong-key"})
-    assert (status, body["result"]["message"]) == (400, "Invalid API key.")
+    assert (status, body["error"]) == (404, "not_found")
+    assert server.counts["status"] == 1  # nobody else's request reached the upstream
+
+
+async def test_a_second_api_key_choosing_the_same_job_id_gets_its_own_job(
+    emu: Emu, gw: Callable[[str], Awaitable[Gateway]], http: aiohttp.ClientSession
+) -> None:
+    second = "second-api-key"
+    keys = {API_KEY: (APP_ID,), second: (APP_ID,)}
+    server = await emu(duration=3600.0, scoped_ids=True, api_keys=keys)
+    gateway = await gw(server.api_url)
+    prefer = {"Prefer": "wait=1"}
+    status, _, _ = await run(http, gateway, job_body(jobId="same"), headers=prefer)
+    assert status == 202  # the first caller's job runs on (a long duration)
+    server.settings = dataclasses.replace(
+        server.settings, duration=0.0, outcome="stopped", scoped_ids=True, api_keys=keys
+    )
+    status, body, _ = await run(http, gateway, job_body(jobId="same", apiKey=second))
+    # The second caller's own job (stopped), never the first caller's records.
+    assert status == 500 and body["result"]["jobStatus"] == "stopped"
+    assert server.counts["jobs"] == 2
+    again = f"{gateway.url}/jobs/infolink/same/result"
+    status, body, _ = await call(http, "GET", again, params={"apiKey": second})
+    assert status == 500 and body["result"]["jobStatus"] == "stopped"
+    # The first caller's re-attach still reaches its own job, still running.
+    status, body, _ = await call(http, "GET", again, params={"apiKey": API_KEY}, headers=prefer)
+    assert status == 202 and body["id"] == "same"
 
 
 async def test_result_is_served_again_from_retention(
@@ -250,12 +279,12 @@ async def test_result_is_served_again_from_retention(
     again = f"{gateway.url}/jobs/infolink/{resp.headers['X-Job-Id']}/result"
     status, body, _ = await call(http, "GET", again, headers={"Authorization": f"Bearer {API_KEY}"})
     assert (status, body) == (200, first)
-    # One getJobStatus: the access check of a caller the gateway cannot recognise by digest.
-    assert server.counts["status"] == polls + 1
-    # The owner's own apiKey is recognised by digest: no upstream request at all.
+    # The creator's apiKey, as a Bearer token or in the query, is recognised by its
+    # fingerprint: no upstream request at all.
+    assert server.counts["status"] == polls
     status, body, _ = await call(http, "GET", again, params={"apiKey": API_KEY})
     assert (status, body) == (200, first)
-    assert server.counts["status"] == polls + 1
+    assert server.counts["status"] == polls
 
 
 @pytest.mark.parametrize("burst_status", [503, 500, 429])

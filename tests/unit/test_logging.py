@@ -222,7 +222,7 @@ async def _flows(http: aiohttp.ClientSession, gw: str) -> list[str]:
     ) as resp:
         assert resp.status == 202
         location = resp.headers["Location"]
-    async with http.get(gw + location) as resp:
+    async with http.get(gw + location, headers={"Prefer": "wait=10"}) as resp:
         assert resp.status == 200
     # a job started by secret: its own secret is in the Location
     async with http.post(

@@ -41,6 +41,7 @@ def ref_out(ref: JobRef) -> dict[str, Any]:
         "job_secret": ref.job_secret,
         "poll_url": ref.poll_url,
         "extra": [list(pair) for pair in ref.extra],
+        "scope": ref.scope,
     }
 
 
@@ -52,6 +53,7 @@ def ref_in(d: dict[str, Any]) -> JobRef:
         job_secret=d.get("job_secret"),
         poll_url=d.get("poll_url"),
         extra=tuple((str(k), str(v)) for k, v in d.get("extra", ())),
+        scope=str(d.get("scope", "")),
     )
 
 
