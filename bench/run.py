@@ -1,8 +1,9 @@
 """sync-gateway benchmark: the emulator and the gateway on loopback, an aiohttp load generator.
 
-One command (``python bench/run.py [--quick]``) starts the supervisor emulator and the gateway as
-subprocesses on free loopback ports, drives them from separate load-generator processes (this
-same file, ``--load-worker``) and prints one table. It prints figures; it asserts nothing.
+One command (``python bench/run.py [--quick]``) starts the supervisor emulator, the gateway and
+(for section 1) the bare gateway hop (bench/bare_hop.py) as subprocesses on free loopback ports,
+drives them from separate load-generator processes (this same file, ``--load-worker``) and
+prints one table. It prints figures; it asserts nothing.
 See bench/README.md for what each row measures.
 """
 
@@ -19,6 +20,7 @@ import resource
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,7 @@ import aiohttp
 
 SELF = str(Path(__file__).resolve())
 ROOT = Path(SELF).parent.parent
+BARE_HOP = str(Path(SELF).with_name("bare_hop.py"))
 CUSTOMER = "demo"
 TOKEN = "demo-token"
 INSTANT_TASK = "65a000000000000000000006"  # the bundled recipe's "Instant" task
@@ -61,7 +64,6 @@ class Tally:
     """What one load process saw."""
 
     calls: int = 0
-    upstream_calls: int = 0  # requests the by-hand client sent itself
     errors: Counter[str] = field(default_factory=Counter)
     answers: list[tuple[str, float]] = field(default_factory=list)  # (job id, time.time())
     first_start: float = 0.0
@@ -98,7 +100,6 @@ async def _by_hand_call(session: aiohttp.ClientSession, spec: dict[str, Any], ta
     url = f"{base}/{CUSTOMER}/task/{spec['task']}/job"
     async with session.post(url, params=params, data=spec["body"], headers=headers) as resp:
         created = await resp.read()
-        tally.upstream_calls += 1
         if resp.status != 200:
             tally.errors[f"status:{resp.status}"] += 1
             return
@@ -112,7 +113,6 @@ async def _by_hand_call(session: aiohttp.ClientSession, spec: dict[str, Any], ta
         async with session.get(f"{base}/{CUSTOMER}/job/{job_id}", params=params) as resp:
             doc = await resp.read()
             done = time.time()
-            tally.upstream_calls += 1
             if resp.status != 200:
                 tally.errors[f"status:{resp.status}"] += 1
                 return
@@ -181,7 +181,6 @@ async def load_worker(spec: dict[str, Any]) -> dict[str, Any]:
     lags = await _timings(spec["emulator"], tally.answers) if spec.get("record") else []
     return {
         "calls": tally.calls,
-        "upstream_calls": tally.upstream_calls,
         "errors": dict(tally.errors),
         "start": tally.first_start,
         "end": tally.last_end,
@@ -279,12 +278,21 @@ class RssSampler:
 
 @dataclass
 class Stack:
-    """The emulator and the gateway, running."""
+    """The emulator and the gateway (and the bare hop, when asked for), running."""
 
     emulator_url: str
     gateway_url: str
     gateway_pid: int
     emulator_pid: int
+    bare_url: str = ""
+    bare_pid: int = 0
+
+    def pids(self) -> dict[str, int]:
+        """The server processes whose CPU a phase accounts for, by name."""
+        pids = {"gateway": self.gateway_pid, "emulator": self.emulator_pid}
+        if self.bare_pid:
+            pids["bare"] = self.bare_pid
+        return pids
 
 
 async def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -321,8 +329,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def stack(args: argparse.Namespace) -> AsyncIterator[Stack]:
-    """Start the emulator and the gateway; always stop both."""
+async def stack(args: argparse.Namespace, bare: bool = False) -> AsyncIterator[Stack]:
+    """Start the emulator and the gateway (and the bare hop); always stop them all."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     gw_env = {
         **env,
@@ -347,7 +355,16 @@ async def stack(args: argparse.Namespace) -> AsyncIterator[Stack]:
         procs.append(_spawn(gw_cmd, gw_env, args.logs / "gateway.log"))
         await _wait_http(f"{gw_url}/healthz", procs[1], "the gateway")
         await asyncio.sleep(0.5 * args.workers)  # every worker listening
-        yield Stack(emu_url, gw_url, procs[1].pid, procs[0].pid)
+        running = Stack(emu_url, gw_url, procs[1].pid, procs[0].pid)
+        if bare:
+            bare_port = free_port()
+            bare_cmd = [py, BARE_HOP, "--upstream", emu_url, "--host", "127.0.0.1"]
+            bare_cmd += ["--port", str(bare_port), "--loop", args.bare_loop]
+            procs.append(_spawn(bare_cmd, env, args.logs / "bare_hop.log"))
+            running.bare_url = f"http://127.0.0.1:{bare_port}"
+            await _wait_http(f"{running.bare_url}/healthz", procs[2], "the bare hop")
+            running.bare_pid = procs[2].pid
+        yield running
     finally:
         for proc in reversed(procs):
             _stop(proc)
@@ -397,11 +414,10 @@ def _merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
         errors.update(r["errors"])
     return {
         "calls": sum(r["calls"] for r in reports),
-        "upstream_calls": sum(r["upstream_calls"] for r in reports),
         "errors": errors,
         "elapsed": max(r["end"] for r in reports) - min(r["start"] for r in reports),
         "lags_ms": sorted(lag for r in reports for lag in r["lags_ms"]),
-        "load_cpu": sum(r["cpu"] for r in reports),
+        "cpu": {"load": sum(r["cpu"] for r in reports)},
     }
 
 
@@ -426,7 +442,8 @@ async def phase(
     """Reset the emulator's counters, run the load, return the merged figures + counters."""
     await emulator_stats(stack_, reset=True)
     start_at = time.time() + 1.5  # every load process imported and ready
-    base = stack_.gateway_url if target == "gateway" else stack_.emulator_url
+    bases = {"gateway": stack_.gateway_url, "bare": stack_.bare_url}
+    base = bases.get(target, stack_.emulator_url)
     specs = [
         {
             "target": target,
@@ -446,10 +463,11 @@ async def phase(
         for n in _split(clients, processes)
         if n
     ]
-    gw_cpu, emu_cpu = _cpu_seconds(stack_.gateway_pid), _cpu_seconds(stack_.emulator_pid)
+    pids = stack_.pids()
+    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     merged = _merge(await run_load(specs))
-    merged["gateway_cpu"] = _cpu_seconds(stack_.gateway_pid) - gw_cpu
-    merged["emulator_cpu"] = _cpu_seconds(stack_.emulator_pid) - emu_cpu
+    # Each server process's CPU over the phase: the delta of /proc/<pid>/stat utime + stime.
+    merged["cpu"].update({name: _cpu_seconds(pid) - before[name] for name, pid in pids.items()})
     merged["stats"] = await emulator_stats(stack_)
     return merged
 
@@ -469,39 +487,91 @@ def _errors(counter: Counter[str]) -> str:
     return f"{total} ({top})"
 
 
-def _cpu_per_call(res: dict[str, Any]) -> str:
-    calls = res["calls"] or 1
-    parts = (res["load_cpu"], res["gateway_cpu"], res["emulator_cpu"])
-    return " / ".join(f"{1000 * c / calls:.2f}" for c in parts)
-
-
 def _per_call(stats: dict[str, Any], calls: int) -> str:
-    return f"{stats.get('total', 0) / calls:.2f}" if calls else "-"
+    """Upstream requests per answered call, with the kinds of request that make them up."""
+    if not calls:
+        return "-"
+    kinds = ", ".join(
+        f"{kind} {stats.get(kind, 0) / calls:.2f}"
+        for kind in ("create", "result", "job", "list", "cancel")
+        if stats.get(kind)
+    )
+    return f"{stats.get('total', 0) / calls:.2f} ({kinds})"
+
+
+def _median(values: Iterable[float]) -> float:
+    values = list(values)
+    return statistics.median(values) if values else math.nan
 
 
 # ---- the sections ---------------------------------------------------------------------------
 
+# Section 1's three ways of doing the same work: (phase target, name, the process it measures).
+THROUGHPUT_TARGETS = (
+    ("gateway", "product", "gateway"),
+    ("bare", "bare hop", "bare"),
+    ("by_hand", "by hand (create + poll 100 ms)", ""),
+)
+
 
 async def section_throughput(args: argparse.Namespace, rows: list[list[str]]) -> None:
-    seconds = args.seconds
-    async with stack(args) as st:
+    """The product, the bare hop and the by-hand client on instant jobs, in one run; with
+    ``--repeat N`` every one N times (in a rotating order), medians reported."""
+    seconds, repeat = args.seconds, args.repeat
+    runs: dict[str, list[dict[str, Any]]] = {target: [] for target, _, _ in THROUGHPUT_TARGETS}
+    async with stack(args, bare=True) as st:
         common = {"task": INSTANT_TASK, "body": "[]", "clients": 50, "duration": seconds}
         common["processes"] = args.load_procs
-        gw = await phase(st, target="gateway", **common)  # type: ignore[arg-type]
-        hand = await phase(st, target="by_hand", **common)  # type: ignore[arg-type]
-    gw_rate = gw["calls"] / gw["elapsed"]
-    hand_rate = hand["calls"] / hand["elapsed"]
+        # Unmeasured: the first seconds of a fresh stack cost more per call (connections,
+        # caches, memory arenas), which would count against whichever target runs first.
+        warm = {**common, "duration": args.warmup}
+        targets = [target for target, _, _ in THROUGHPUT_TARGETS]
+        await asyncio.gather(*(phase(st, target=t, **warm) for t in targets))  # type: ignore[arg-type]
+        for rep in range(repeat):
+            shift = rep % len(THROUGHPUT_TARGETS)
+            for target, _, _ in THROUGHPUT_TARGETS[shift:] + THROUGHPUT_TARGETS[:shift]:
+                res = await phase(st, target=target, **common)  # type: ignore[arg-type]
+                runs[target].append(res)
+
+    def rate(target: str) -> float:
+        return _median(r["calls"] / r["elapsed"] for r in runs[target])
+
+    def cpu_ms(target: str, process: str) -> float:
+        """Median CPU milliseconds per call of one process (NaN: no such process)."""
+        if not process:
+            return math.nan
+        return _median(1000 * r["cpu"][process] / max(r["calls"], 1) for r in runs[target])
+
     title = f"1. instant jobs, 50 clients, {seconds:g} s"
-    rows.append([title, "gateway: sync calls/s", f"{gw_rate:,.0f}", _errors(gw["errors"])])
+    title += f", median of {repeat}" if repeat > 1 else ""
+    for target, name, _ in THROUGHPUT_TARGETS:
+        errors: Counter[str] = Counter()
+        for r in runs[target]:
+            errors.update(r["errors"])
+        rows.append([title, f"{name}: calls/s", f"{rate(target):,.0f}", _errors(errors)])
+        title = ""
+    for target, name, process in THROUGHPUT_TARGETS:
+        parts = [cpu_ms(target, process), cpu_ms(target, "emulator"), cpu_ms(target, "load")]
+        total = sum(p for p in parts if not math.isnan(p))
+        value = " / ".join("-" if math.isnan(p) else f"{p:.3f}" for p in parts)
+        label = f"{name.split(' (')[0]}: CPU ms/call, server / emulator / load = sum"
+        rows.append(["", label, f"{value} = {total:.3f}", ""])
+    product_cpu, bare_cpu = cpu_ms("gateway", "gateway"), cpu_ms("bare", "bare")
     rows.append(
-        ["", "by hand (create + poll 100 ms) calls/s", f"{hand_rate:,.0f}", _errors(hand["errors"])]
+        [
+            "",
+            "product / bare hop: calls/s; server CPU per call",
+            f"{rate('gateway') / rate('bare'):.2f}; {product_cpu / bare_cpu:.2f}x",
+            "",
+        ]
     )
-    rows.append(["", "ratio gateway / by hand", f"{gw_rate / hand_rate:.2f}", ""])
-    for name, res in (("gateway", gw), ("by hand", hand)):
-        rows.append(["", f"{name}: CPU ms per call, load/gateway/emulator", _cpu_per_call(res), ""])
-    args.per_call.append(("instant, gateway", _per_call(gw["stats"], gw["calls"])))
-    hand_per = f"{hand['upstream_calls'] / hand['calls']:.2f}" if hand["calls"] else "-"
-    args.per_call.append(("instant, by hand", hand_per))
+    rows.append(["", "product / by hand: calls/s", f"{rate('gateway') / rate('by_hand'):.2f}", ""])
+    for target, name, _ in THROUGHPUT_TARGETS:
+        stats: Counter[str] = Counter()
+        for r in runs[target]:
+            stats.update({k: v for k, v in r["stats"].items() if isinstance(v, int)})
+        calls = sum(r["calls"] for r in runs[target])
+        args.per_call.append((f"instant, {name.split(' (')[0]}", _per_call(stats, calls)))
 
 
 async def section_latency(args: argparse.Namespace, rows: list[list[str]]) -> None:
@@ -581,7 +651,7 @@ async def orchestrate(args: argparse.Namespace) -> None:
     args.logs.mkdir(parents=True, exist_ok=True)
     rows: list[list[str]] = []
     args.per_call = []
-    if "throughput" in args.only:
+    if {"throughput", "cpu"} & set(args.only):
         await section_throughput(args, rows)
     if "latency" in args.only:
         await section_latency(args, rows)
@@ -605,7 +675,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         nargs="+",
         default=["throughput", "latency", "hold"],
-        choices=["throughput", "latency", "hold"],
+        choices=["throughput", "cpu", "latency", "hold"],
+        help="sections to run (cpu: another name for throughput, section 1)",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="section 1 N times over, medians reported")
+    p.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds of unmeasured load before section 1"
+    )
+    p.add_argument(
+        "--bare-loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="the bare hop's event loop (default uvloop, as serve uses when installed)",
     )
     p.add_argument(
         "--set",
