@@ -59,8 +59,14 @@ class UpstreamSettings:
     poll_interval: float = 1.0
     poll_max_interval: float = 5.0
     long_poll_timeout: float = 60.0
+    # Whether the supervisor's long poll wakes when a job ends (TheEye's gateway publishes
+    # job-finished on Redis). False: jobs are watched through the listing instead.
+    notifications: bool = True
     max_long_polls: int = 500
     list_batch: int = 100
+    # A job watched through the listing is also read by its own request this often: the
+    # listing may hide it (ACL) or fail.
+    verify_interval: float = 10.0
     pool_size: int = 256
     retry_attempts: int = 6
 
@@ -168,6 +174,12 @@ def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number 0..65535"
 
 
+def _list_batch(value: int) -> str | None:
+    # Each id is one `where[_id][$in][]=` parameter (~55 bytes): 200 keep a listing under
+    # qs's 1,000 parameters and Node's 16 KiB request head.
+    return None if 1 <= value <= 200 else "must be 1..200 (the supervisor's request limits)"
+
+
 def _key_length(value: str) -> str | None:
     return None if not value or len(value) >= 16 else "must be at least 16 characters"
 
@@ -196,7 +208,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "upstream.poll_max_interval": _positive,
     "upstream.long_poll_timeout": _positive,
     "upstream.max_long_polls": _non_negative,
-    "upstream.list_batch": _positive,
+    "upstream.list_batch": _list_batch,
+    "upstream.verify_interval": _positive,
     "upstream.pool_size": _non_negative,
     "upstream.retry_attempts": _positive,
     "wait.default_seconds": _non_negative,

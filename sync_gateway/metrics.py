@@ -88,6 +88,11 @@ class Metrics:
         self.upstream_retries = Counter(
             "sync_gateway_upstream_retries", "Upstream requests retried", ["kind"], registry=r
         )
+        self.jobs_lost = Counter(
+            "sync_gateway_jobs_lost",
+            "Jobs the upstream no longer had before their result was read (deleted, restarted)",
+            registry=r,
+        )
         self.active_waiters = self._gauge(
             "sync_gateway_active_waiters", "Clients blocked on a job now"
         )

@@ -79,8 +79,11 @@ class Engine:
         """The running watch of a job, if any."""
         return self._watches.get(key)
 
-    def watch(self, ref: JobRef, credentials: Credentials, last: Snapshot) -> Watch:
-        """The job's watch, started now if there is none (single flight per job)."""
+    def watch(
+        self, ref: JobRef, credentials: Credentials, last: Snapshot, known: bool = True
+    ) -> Watch:
+        """The job's watch, started now if there is none (single flight per job). ``known``:
+        the gateway created the job (or kept its ref), so the upstream had it."""
         found = self._watches.get(ref.key)
         if found is not None:
             return found
@@ -89,7 +92,7 @@ class Engine:
             # document for every waiting job would cost kilobytes each.
             last = Snapshot(False, last.state, last.lifecycle, kind=last.kind)
         owner = self.fingerprints.of(credentials)
-        w = Watch(ref, credentials, owner, last, self._loop.create_future())
+        w = Watch(ref, credentials, owner, last, self._loop.create_future(), known=known)
         self._watches[ref.key] = w
         w.task = self._loop.create_task(self._run(w), name=f"watch:{ref.key}")
         self.metrics.active_watchers.inc()

@@ -89,6 +89,9 @@ class Watch:
     task: asyncio.Task[None] | None = None
     waiters: int = 0
     started: float = field(default_factory=time.monotonic)
+    # Created here (or known from the store): a 404 upstream then means the job was lost,
+    # not that the caller named a job that never was.
+    known: bool = True
 
 
 class Follower:
@@ -165,6 +168,10 @@ class Follower:
                 progress: Progress = await retrying(
                     adapter.step, w.ref, w.credentials, min(up.long_poll_timeout, remaining)
                 )
+            except UpstreamRejected as exc:
+                if exc.upstream_status == 404 and w.known and adapter.lost_on_404:
+                    raise self._lost(w) from exc
+                raise
             except TERMINAL_ERRORS:
                 raise
             except GatewayError:  # still failing at the deadline
@@ -179,6 +186,19 @@ class Follower:
                 await asyncio.sleep(min(pause, max(deadline - self._loop.time(), 0.0)))
                 delay = min(delay * 1.5, up.poll_interval)
         return None
+
+    def _lost(self, w: Watch) -> JobLost:
+        """The upstream answered 404 for a job it had: deleted (the supervisor keeps only the
+        newest ``autoremove_completed_jobs_limit`` finished jobs of a task) or lost in a
+        restart, before the gateway could read its result."""
+        self.metrics.jobs_lost.inc()
+        log.warning("job_lost", job_id=w.ref.id, last_state=w.last.state)
+        return JobLost(
+            f"the upstream no longer has job {w.ref.id}: it was deleted or lost before its"
+            " result could be read",
+            job_id=w.ref.id,
+            last_state=w.last.state or "unknown",
+        )
 
     def _step_failed(self, w: Watch, state: RetryCallState) -> None:
         exc = exceptional(state)

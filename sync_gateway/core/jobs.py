@@ -165,12 +165,14 @@ class Jobs:
             # A secret-started job is followed through its secret URL, with no token.
             return self.engine.watch(ref, Credentials() if ref.job_secret else creds, UNKNOWN)
         # A job this gateway never saw: the upstream decides, through the watch's own
-        # requests made with the caller's credentials; a flavour that cannot find a job by
-        # its id alone refuses here (404).
+        # requests made with the caller's credentials (a caller without any is refused at
+        # once: no upstream request for anonymous guesses); a flavour that cannot find a job
+        # by its id alone refuses here (404).
+        self.access.check_unknown(job_id, creds, presented_secret)
         ref = adapter.ref_for(job_id, hints)
         if presented_secret is not None:
             ref = dataclasses.replace(ref, job_secret=presented_secret)
-        return self.engine.watch(ref, creds, UNKNOWN)
+        return self.engine.watch(ref, creds, UNKNOWN, known=False)
 
     def scope_of(self, creds: Credentials) -> str:
         """The key scope of a caller-chosen job id: a prefix of the caller's fingerprint."""

@@ -62,6 +62,9 @@ class Adapter(abc.ABC):
     # Job ids the caller chooses (and the upstream scopes per caller): the gateway keys its
     # jobs by caller too (JobRef.scope), so one caller's id never reaches another's job.
     caller_ids: ClassVar[bool] = False
+    # A 404 for a job the upstream had means it was deleted or lost (TheEye); elsewhere a 404
+    # is an answer of the protocol (a location-poll result that expired) and passes through.
+    lost_on_404: ClassVar[bool] = False
 
     def __init__(
         self,

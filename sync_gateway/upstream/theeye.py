@@ -9,7 +9,9 @@ the request ``T`` seconds (it clamps T to 10..60) and answers 303 or 408, both o
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -29,6 +31,9 @@ from sync_gateway.upstream.base import Adapter, create_headers, create_query, re
 from sync_gateway.upstream.http import Response
 from sync_gateway.upstream.theeye_batch import BatchWatcher
 
+# A MongoDB ObjectId: what the supervisor accepts as a job id (else a 400, or a 500 for a
+# whole listing that holds one).
+OBJECT_ID = re.compile(r"[0-9a-f]{24}")
 SUPERVISOR_MIN_TIMEOUT = 10.0
 SUPERVISOR_MAX_TIMEOUT = 60.0
 
@@ -52,11 +57,14 @@ class TheEyeAdapter(Adapter):
 
     flavour = "theeye"
     needs_route = False
+    lost_on_404 = True
 
     def setup(self) -> None:
         # Each upstream long poll holds a connection (a file descriptor) for up to a minute;
         # past this many at once, further jobs are watched by interval polling instead.
-        self.long_polls = 0
+        # Each long poll holds a connection for up to a minute: at most max_long_polls at
+        # once (a job with no customer to list by waits for one; 0 still lets one through).
+        self.long_poll_slots = asyncio.Semaphore(max(self.settings.max_long_polls, 1))
         up = self.settings
         self.batch = BatchWatcher(self.base, self.client, up.poll_interval, up.list_batch)
 
@@ -160,21 +168,34 @@ class TheEyeAdapter(Adapter):
         return snapshot_from_document(resp.json(), len(resp.body))
 
     async def step(self, ref: JobRef, credentials: Credentials, timeout: float) -> Progress:
+        """One watch step. With a customer known: ``GET /{customer}/job/{id}`` polls
+        (``wait = "poll"``), or the shared listing when long polls are not worth their
+        connection (the supervisor does not wake them: ``notifications = false``; or all
+        ``max_long_polls`` are in use). Else one long poll, bounded by ``max_long_polls``."""
         customer = ref.customer if not ref.job_secret else None
         if customer and self.settings.wait == "poll":
             return Progress(await self._get_document(ref, credentials), long_polled=False)
-        if customer and self.long_polls >= self.settings.max_long_polls:
-            if self.batch.can_list(customer, credentials):
-                seen = await self.batch.finished(customer, credentials, ref.id, timeout)
-                if seen is not None:  # None: the upstream will not list for this caller
-                    snapshot = await self._get_document(ref, credentials) if seen else None
-                    return Progress(snapshot, long_polled=True)
-            return Progress(await self._get_document(ref, credentials), long_polled=False)
-        self.long_polls += 1
-        try:
+        if customer and not self._long_poll_worth_it():
+            return await self._listed(ref, credentials, customer, timeout)
+        async with self.long_poll_slots:
             return await self._long_poll(ref, credentials, timeout)
-        finally:
-            self.long_polls -= 1
+
+    def _long_poll_worth_it(self) -> bool:
+        up = self.settings
+        return up.notifications and up.max_long_polls > 0 and not self.long_poll_slots.locked()
+
+    async def _listed(
+        self, ref: JobRef, credentials: Credentials, customer: str, timeout: float
+    ) -> Progress:
+        """Watch through the shared listing, an accelerator and never the only truth: a job
+        the listing does not show (an ACL hides it, or it failed) is read by its own request
+        every ``verify_interval`` seconds all the same."""
+        if OBJECT_ID.fullmatch(ref.id) and self.batch.can_list(customer, credentials):
+            window = min(timeout, self.settings.verify_interval)
+            seen = await self.batch.finished(customer, credentials, ref.id, window)
+            if seen is not None:  # None: the upstream will not list for this caller
+                return Progress(await self._get_document(ref, credentials), long_polled=True)
+        return Progress(await self._get_document(ref, credentials), long_polled=False)
 
     async def check_access(self, ref: JobRef, credentials: Credentials) -> None:
         """One ``GET /{customer}/job/{id}`` with the caller's own credentials."""

@@ -14,7 +14,7 @@ from support.helpers import eventually
 from sync_gateway.config import Settings, load
 from sync_gateway.core.access import Fingerprints
 from sync_gateway.core.engine import Engine
-from sync_gateway.core.errors import UpstreamRejected
+from sync_gateway.core.errors import JobLost, UpstreamRejected
 from sync_gateway.core.types import Credentials, JobRef
 from sync_gateway.metrics import Metrics
 from sync_gateway.store.memory import MemoryStore
@@ -88,7 +88,7 @@ async def test_a_passing_step_failure_is_retried_by_the_policy(
 
 async def test_a_terminal_error_reaches_every_waiter_with_the_job_named(fake: FakeAdapter) -> None:
     async def refuse(*_: Any) -> Any:
-        raise UpstreamRejected(404, b"{}", "application/json")
+        raise UpstreamRejected(401, b"{}", "application/json")
 
     fake.step = refuse  # type: ignore[method-assign]
     engine = await make_engine(fake)
@@ -100,6 +100,34 @@ async def test_a_terminal_error_reaches_every_waiter_with_the_job_named(fake: Fa
         for outcome in outcomes:
             assert isinstance(outcome, UpstreamRejected)
             assert outcome.extra["job_id"] == "j9"
+    finally:
+        await engine.close()
+
+
+@pytest.mark.parametrize(
+    ("lost_on_404", "known", "error"),
+    [
+        (True, True, JobLost),
+        (True, False, UpstreamRejected),  # a job nobody here had: the upstream's 404 as it is
+        (False, True, UpstreamRejected),  # a protocol whose 404 is an answer (expired)
+    ],
+)
+async def test_a_404_for_a_job_the_upstream_had_is_a_lost_job(
+    fake: FakeAdapter, lost_on_404: bool, known: bool, error: type[Exception]
+) -> None:
+    async def gone(*_: Any) -> Any:
+        raise UpstreamRejected(404, b"{}", "application/json")
+
+    fake.step = gone  # type: ignore[method-assign]
+    fake.lost_on_404 = lost_on_404  # type: ignore[misc]
+    engine = await make_engine(fake)
+    try:
+        watch = engine.watch(JobRef("fake", "j7"), CREATOR, RUNNING, known=known)
+        with pytest.raises(error) as caught:
+            await engine.wait(watch, 10)
+        assert caught.value.extra["job_id"] == "j7"
+        lost = engine.metrics.jobs_lost._value.get()  # type: ignore[attr-defined]
+        assert lost == (1 if error is JobLost else 0)
     finally:
         await engine.close()
 
