@@ -54,11 +54,11 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
 
         backend = app[REDIS] = await RedisBackend.create(settings, metrics)
         store, coordinator = backend.store, backend.coordinator
-        key = await backend.fingerprint_key(settings.security.fingerprint_key)
     else:
         store = MemoryStore(settings.retention.seconds, settings.retention.max_bytes, metrics)
         coordinator = None
-        key = settings.security.fingerprint_key.encode() or secrets.token_bytes(32)
+    # One process with the memory store: a key of its own (its creators live and die with it).
+    key = settings.security.fingerprint_key.encode() or secrets.token_bytes(32)
     fingerprints = Fingerprints(key)
     adapters = build_adapters(settings, client)
     engine = Engine(adapters, store, settings, metrics, fingerprints, coordinator=coordinator)

@@ -402,6 +402,11 @@ def load(
         settings = dataclasses.replace(
             settings, retention=dataclasses.replace(settings.retention, seconds=86400.0)
         )
+    if settings.store.backend == "redis" and not settings.security.fingerprint_key:
+        raise ConfigError(
+            'security.fingerprint_key: required with store.backend = "redis": every replica'
+            " must recognise the same creators, and the key must not live in Redis itself"
+        )
     if settings.wait.default_seconds > settings.wait.max_seconds:
         raise ConfigError(
             f"wait.default_seconds: {settings.wait.default_seconds!r} "

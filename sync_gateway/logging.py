@@ -79,10 +79,27 @@ _MAYBE = re.compile(r"(?i)[=:@]|/secret/|bearer|basic")
 _SAFE_KEYS = frozenset({"level", "timestamp", "job_id", "route", "method", "status"})
 
 
+# A URL: its userinfo and its query, whatever the parameters are called (key=, sig=,
+# X-Amz-Signature=, code=, pw=, … carry credentials too, and no list of names is complete).
+_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/\s?#@]*@)?([^\s?#\"']*)(\?[^\s#\"']*)?")
+_QUERY_VALUE = re.compile(r"=[^&;]*")
+
+
+def _mask_url(m: re.Match[str]) -> str:
+    scheme, userinfo, rest, query = m.group(1), m.group(2), m.group(3), m.group(4)
+    masked = scheme + (MASK + "@" if userinfo else "") + rest
+    if query:
+        masked += _QUERY_VALUE.sub("=" + MASK, query)
+    return masked
+
+
 def scrub(text: str) -> str:
-    """Mask credentials inside a free-form string (a URL, a path, an error message)."""
+    """Mask credentials inside a free-form string (a URL, a path, an error message): every
+    URL's userinfo and query values, and the credential patterns above anywhere."""
     if not _MAYBE.search(text):
         return text
+    if "://" in text:
+        text = _URL.sub(_mask_url, text)
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
     return text

@@ -32,6 +32,7 @@ INSTANT_TASK = "65a000000000000000000006"
 DELAY_TASK = "65a000000000000000000007"  # finishes after N seconds (arg), no subprocess
 OTHER_HELLO_TASK = "65a000000000000000000008"  # customer "other"
 UPSTREAM = "http://upstream.test"  # the recordings' upstream, served by aioresponses
+TEST_FINGERPRINT_KEY = "a fingerprint key for the tests"
 FAST_POLL = {"poll_interval": 0.05, "poll_max_interval": 0.2}
 
 

@@ -246,6 +246,9 @@ class UpstreamClient:
         except (aiohttp.ClientError, OSError) as exc:
             self.metrics.upstream_requests.labels(kind=kind, status="io_error").inc()
             raise UpstreamUnavailable("the upstream closed or reset the connection") from exc
+        except ValueError as exc:  # a URL or header the HTTP client refuses to send
+            self.metrics.upstream_requests.labels(kind=kind, status="bad_request").inc()
+            raise UpstreamBadResponse("the upstream pointed to a URL that cannot be used") from exc
         self.metrics.upstream_requests.labels(kind=kind, status=str(response.status)).inc()
         if response.status in RETRY_STATUSES:
             raise RetryableStatus(response)

@@ -45,7 +45,8 @@ def expand(template: str, params: Mapping[str, str]) -> str:
 
 
 def resolve_location(raw: str | None, base: str) -> str | None:
-    """A ``Location`` value, unquoted and made absolute against ``base``; None if unusable."""
+    """A ``Location`` value, unquoted and made absolute against ``base``; None if unusable
+    (not http(s), no host, or userinfo in it: a bad upstream answer)."""
     if raw is None:
         return None
     value = raw.strip().strip("'\"").strip()
@@ -57,6 +58,8 @@ def resolve_location(raw: str | None, base: str) -> str | None:
         return None
     if url.scheme not in ("http", "https") or not url.host:
         return None
+    if url.user is not None or url.password is not None:
+        return None  # credentials in a Location: not a URL the gateway follows
     return str(url)
 
 

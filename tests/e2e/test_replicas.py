@@ -16,7 +16,15 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from conftest import CUSTOMER, DELAY_TASK, TOKEN, Gateway, gateway_settings, start_gateway
+from conftest import (
+    CUSTOMER,
+    DELAY_TASK,
+    TEST_FINGERPRINT_KEY,
+    TOKEN,
+    Gateway,
+    gateway_settings,
+    start_gateway,
+)
 from support.helpers import eventually, stats
 from support.processes import RedisServer, running_redis
 
@@ -57,6 +65,7 @@ async def replicas(
     settings = gateway_settings(
         emulator.url,
         store={"backend": "redis", "url": redis_server.url},
+        security={"fingerprint_key": TEST_FINGERPRINT_KEY},
         server={"drain_seconds": 0.5},
     )
     started = [await start_gateway(settings), await start_gateway(settings)]
@@ -116,7 +125,7 @@ async def test_reattach_on_the_other_replica_gets_the_result(
         assert resp.status == 202
         location = resp.headers["Location"]
         job_id = resp.headers["X-Job-Id"]
-    async with http.get(b.url + location, headers=BEARER) as resp:
+    async with http.get(b.url + location, headers={**BEARER, "Prefer": "wait=20"}) as resp:
         assert resp.status == 200
         assert resp.headers["X-Job-Id"] == job_id
         assert orjson.loads(await resp.read()) == DELAY_OUTPUT

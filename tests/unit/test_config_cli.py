@@ -201,14 +201,19 @@ def test_serve_with_a_bad_environment_value_exits_2(tmp_path: Path) -> None:
 
 
 def test_check_config_prints_the_effective_settings(tmp_path: Path) -> None:
-    path = write(tmp_path, '[upstream]\nurl = "http://user:hunter2@upstream.test:8081"\n')
+    path = write(
+        tmp_path,
+        '[upstream]\nurl = "http://user:hunter2@upstream.test:8081/?key=k1&sig=s2&pw=p3"\n',
+    )
     done = run_cli("check-config", str(path), extra_env={"SYNC_GATEWAY_WAIT_MAX_SECONDS": "90"})
     assert done.returncode == 0, done.stderr
     shown = json.loads(done.stdout)
     assert shown["wait"]["max_seconds"] == 90.0
     assert shown["server"]["port"] == Settings().server.port
-    assert "hunter2" not in done.stdout
-    assert shown["upstream"]["url"].startswith("http://user:")
+    for secret in ("hunter2", "user", "k1", "s2", "p3"):
+        assert secret not in done.stdout
+    # Userinfo always masked, and every query value whatever its name.
+    assert shown["upstream"]["url"] == "http://***@upstream.test:8081/?key=***&sig=***&pw=***"
     assert set(shown) == {f.name for f in dataclasses.fields(Settings)}
 
 
@@ -272,12 +277,32 @@ def test_example_config_documents_every_setting() -> None:
     assert missing == []
 
 
+KEYED = {"security": {"fingerprint_key": "a-test-fingerprint-key"}}
+
+
+def test_the_shared_store_needs_a_fingerprint_key_of_its_own() -> None:
+    with pytest.raises(ConfigError, match=r"security\.fingerprint_key") as caught:
+        load(None, {}, {"store": {"backend": "redis"}})
+    assert "Redis" in str(caught.value)
+    with pytest.raises(ConfigError, match="at least 16"):
+        load(None, {}, {"security": {"fingerprint_key": "short"}})
+
+
+def test_a_config_error_never_echoes_a_secret_value() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(None, {}, {"security": {"fingerprint_key": "hunter2-short"}})
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        load(None, {}, {"upstream": {"url": "ftp://user:hunter2@h/?key=k9"}})
+    assert "hunter2" not in str(caught.value) and "k9" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("env", "overrides", "expected"),
     [
-        ({}, {"store": {"backend": "redis"}}, 86400.0),
-        ({"SYNC_GATEWAY_RETENTION_SECONDS": "5"}, {"store": {"backend": "redis"}}, 5.0),
-        ({}, {"store": {"backend": "redis"}, "retention": {"seconds": 60}}, 60.0),
+        ({}, {"store": {"backend": "redis"}, **KEYED}, 86400.0),
+        ({"SYNC_GATEWAY_RETENTION_SECONDS": "5"}, {"store": {"backend": "redis"}, **KEYED}, 5.0),
+        ({}, {"store": {"backend": "redis"}, "retention": {"seconds": 60}, **KEYED}, 60.0),
         ({}, {}, 3600.0),
     ],
 )

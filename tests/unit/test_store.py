@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import gateway_settings
+from conftest import TEST_FINGERPRINT_KEY, gateway_settings
 from support.helpers import eventually
 from support.processes import RedisServer, redis_executable, running_redis
 
@@ -64,6 +64,7 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         settings = gateway_settings(
             "http://127.0.0.1:9",
             store={"backend": "redis", "url": server.url},
+            security={"fingerprint_key": TEST_FINGERPRINT_KEY},
             retention={"seconds": seconds, "max_bytes": max_bytes},
         )
         backend = await RedisBackend.create(settings, Metrics())
