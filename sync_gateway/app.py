@@ -14,6 +14,7 @@ from aiohttp import web
 from sync_gateway.config import Settings
 from sync_gateway.core.access import Access, Fingerprints
 from sync_gateway.core.engine import Engine
+from sync_gateway.core.errors import StartupError
 from sync_gateway.core.jobs import Jobs
 from sync_gateway.metrics import Metrics
 from sync_gateway.render.common import HeaderLimits
@@ -46,12 +47,14 @@ def _session(settings: Settings) -> aiohttp.ClientSession:
 async def resources(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession, the store, the adapters, the engine for the app's life."""
     settings, metrics = app[SETTINGS], app[METRICS]
-    session = _session(settings)
-    client = UpstreamClient(session, settings.upstream, metrics)
     store: ResultStore
     if settings.store.backend == "redis":
-        from sync_gateway.store.redis import RedisBackend  # redis stays an optional extra
-
+        try:
+            from sync_gateway.store.redis import RedisBackend  # redis stays an optional extra
+        except ImportError:
+            raise StartupError(
+                "store.backend = \"redis\" needs the redis extra: pip install 'sync-gateway[redis]'"
+            ) from None
         backend = app[REDIS] = await RedisBackend.create(settings, metrics)
         store, coordinator = backend.store, backend.coordinator
     else:
@@ -60,6 +63,8 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     # One process with the memory store: a key of its own (its creators live and die with it).
     key = settings.security.fingerprint_key.encode() or secrets.token_bytes(32)
     fingerprints = Fingerprints(key)
+    session = _session(settings)
+    client = UpstreamClient(session, settings.upstream, metrics)
     adapters = build_adapters(settings, client)
     engine = Engine(adapters, store, settings, metrics, fingerprints, coordinator=coordinator)
     jobs = Jobs(engine, store, Access(fingerprints, adapters), settings)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sync_gateway import __version__
 from sync_gateway.config import Settings, load, redacted
-from sync_gateway.core.errors import ConfigError
+from sync_gateway.core.errors import ConfigError, StartupError
 
 if TYPE_CHECKING:
     from sync_gateway.emulator import EmulatorSettings
@@ -72,30 +72,19 @@ def _raise_open_files_limit() -> None:
 
 def _run_gateway(settings: Settings, sock: socket.socket | None = None) -> None:
     import structlog
-    from aiohttp import web
 
     from sync_gateway.app import create_app
+    from sync_gateway.web.server import run
 
     _raise_open_files_limit()
-    server = settings.server
-    structlog.get_logger("sync_gateway.cli").info(
-        "gateway_listening",
-        url=f"http://{server.host}:{server.port}",
-        upstream=settings.upstream.url,
-        pid=os.getpid(),
-    )
-    web.run_app(
-        create_app(settings),
-        host=None if sock is not None else server.host,
-        port=None if sock is not None else server.port,
-        sock=sock,
-        backlog=server.backlog,
-        reuse_port=server.workers > 1 and sock is None,
-        shutdown_timeout=server.drain_seconds + 5.0,
-        handler_cancellation=server.handler_cancellation,
-        access_log=None,
-        print=None,
-    )
+
+    def listening(where: str) -> None:
+        # Logged once the port is bound, never before.
+        structlog.get_logger("sync_gateway.cli").info(
+            "gateway_listening", url=where, upstream=settings.upstream.url, pid=os.getpid()
+        )
+
+    run(create_app(settings), settings, sock, listening)
 
 
 def _worker(settings: Settings) -> None:
@@ -104,11 +93,39 @@ def _worker(settings: Settings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     _configure_logging(settings.log.level, settings.log.format)
     _use_uvloop()
-    _run_gateway(settings)
+    try:
+        _run_gateway(settings)
+    except StartupError as exc:
+        sys.stderr.write(f"sync-gateway: cannot start: {exc}\n")
+        sys.exit(2)
+
+
+def startup_checks(settings: Settings) -> None:
+    """What start-up would refuse, found without starting: the extras a setting needs, and
+    whether the port can be bound now. Raises StartupError (one line)."""
+    if settings.store.backend == "redis":
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise StartupError(
+                "store.backend = \"redis\" needs the redis extra: pip install 'sync-gateway[redis]'"
+            ) from None
+    server = settings.server
+    if server.workers > 1:
+        return  # the workers share the port (SO_REUSEPORT)
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((server.host, server.port))
+        except OSError as exc:
+            from sync_gateway.web.server import bind_problem
+
+            raise StartupError(bind_problem(server.host, server.port, exc)) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    startup_checks(settings)
     if settings.server.workers <= 1:
         _configure_logging(settings.log.level, settings.log.format)
         _use_uvloop()
@@ -176,6 +193,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     import orjson
 
     settings = load(args.file, os.environ, {})
+    startup_checks(settings)
     sys.stdout.write(orjson.dumps(redacted(settings), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
@@ -313,5 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as exc:
         sys.stderr.write(f"sync-gateway: config error: {exc}\n")
+        return 2
+    except StartupError as exc:
+        sys.stderr.write(f"sync-gateway: cannot start: {exc}\n")
         return 2
     return code

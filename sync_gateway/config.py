@@ -45,6 +45,13 @@ class ServerSettings:
     workers: int = 1
     backlog: int = 16384
     handler_cancellation: bool = True
+    # Open client connections at most (0: what the open-files limit leaves after the
+    # upstream pool and long polls). Past it the oldest idle connection is closed first.
+    max_connections: int = 0
+    # A request head must arrive whole within this many seconds.
+    header_timeout: float = 10.0
+    # An idle keep-alive connection is closed after this many seconds.
+    keepalive_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +207,9 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "server.drain_seconds": _non_negative,
     "server.workers": _positive,
     "server.backlog": _positive,
+    "server.max_connections": _non_negative,
+    "server.header_timeout": _positive,
+    "server.keepalive_timeout": _positive,
     "upstream.url": _http_url,
     "upstream.connect_timeout": _positive,
     "upstream.request_timeout": _positive,

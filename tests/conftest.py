@@ -16,6 +16,7 @@ from aioresponses import aioresponses
 from sync_gateway.app import create_app
 from sync_gateway.config import Settings, load
 from sync_gateway.emulator import EmulatorServer, EmulatorSettings
+from sync_gateway.web.server import GatewayRunner
 
 CUSTOMER = "demo"
 TOKEN = "demo-token"
@@ -50,7 +51,8 @@ class Gateway:
 
 async def start_gateway(settings: Settings) -> Gateway:
     app = create_app(settings)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5)
+    # The serving stack of `sync-gateway serve`: connection cap, head deadline, JSON 400s.
+    runner = GatewayRunner(app, settings, handler_cancellation=True, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -338,15 +338,15 @@ def test_check_config_prints_effective_settings_with_passwords_masked(
     path.write_text(
         '[upstream]\nurl = "https://gw:PLANTED-UP-PW@theeye.example/api"\n'
         '[store]\nbackend = "memory"\nurl = "redis://:PLANTED-REDIS-PW@127.0.0.1:6379/0"\n'
-        '[log]\nformat = "json"\n',
+        '[log]\nformat = "json"\n[server]\nport = 0\n',
         encoding="utf-8",
     )
     assert cli.main(["check-config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "PLANTED" not in out
     effective = json.loads(out)
-    assert effective["upstream"]["url"] == "https://gw:***@theeye.example/api"
-    assert effective["store"]["url"] == "redis://:***@127.0.0.1:6379/0"
+    assert effective["upstream"]["url"] == "https://***@theeye.example/api"
+    assert effective["store"]["url"] == "redis://***@127.0.0.1:6379/0"
     assert effective["log"] == {"level": "debug", "format": "json"}
 
 
