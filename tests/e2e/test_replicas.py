@@ -9,6 +9,8 @@ Nothing asserts that something took less than N seconds; waits have generous dea
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from conftest import (
     CUSTOMER,
     DELAY_TASK,
@@ -28,6 +31,7 @@ from conftest import (
 from support.helpers import eventually, stats
 from support.processes import RedisServer, running_redis
 
+from sync_gateway.core.types import Credentials
 from sync_gateway.emulator import EmulatorServer
 from sync_gateway.store.redis import backend as shared_store_backend
 from sync_gateway.web.keys import ENGINE, METRICS, REDIS
@@ -35,6 +39,7 @@ from sync_gateway.web.keys import ENGINE, METRICS, REDIS
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 DELAY_OUTPUT = ['{"ok":true}']
 JOB_PATH = f"/{CUSTOMER}/task/{DELAY_TASK}/job"
+DELAY_SECRET = "810821b358d2f69943a834a2c85446c5b06210ca61fe3608b92adc5125df3c34"
 
 # The upstream request counts these tests observed, printed for the docs (pytest -s).
 OBSERVED: dict[str, Any] = {}
@@ -263,3 +268,36 @@ async def test_redis_restart_loses_no_delivered_result_and_no_waiter_gets_5xx(
     assert after["result"] == before["result"]  # all served from the store, none re-fetched
     assert after["create"] == 3
     OBSERVED["redis_restart"] = {"create": after["create"], "per_job": after["per_job"]}
+
+
+async def test_redis_holds_keyed_fingerprints_never_a_bare_hash_or_a_secret(
+    replicas: list[Gateway], redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    a, b = replicas
+    secret_path = f"/{CUSTOMER}/task/{DELAY_TASK}/secret/{DELAY_SECRET}/job"
+    async with http.post(a.url + JOB_PATH, json=[0.1], headers=BEARER) as resp:
+        job_id = resp.headers["X-Job-Id"]
+    async with http.post(
+        a.url + secret_path, json=[30], headers={"Prefer": "respond-async"}
+    ) as resp:
+        secret_job = resp.headers["X-Job-Id"]
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        keys = [k.decode() for k in await client.keys("sync-gateway:*")]
+        assert "sync-gateway:fingerprint-key" not in keys  # the key lives in the config only
+        raw = await client.get(f"sync-gateway:ref:theeye:{job_id}")
+        dump = b"".join([await client.get(k) or b"" for k in keys if ":lease:" not in k])
+    finally:
+        await client.aclose()
+    owner = bytes.fromhex(orjson.loads(raw)["owner"])
+    creds = Credentials(authorization=f"Bearer {TOKEN}")
+    keyed = hmac.new(TEST_FINGERPRINT_KEY.encode(), creds.identity(), hashlib.sha256).digest()
+    assert owner == keyed
+    assert owner != hashlib.sha256(creds.identity()).digest()
+    assert TOKEN.encode() not in dump and DELAY_SECRET.encode() not in dump
+    # The other replica denies a secret-started job to a token, as the first one does.
+    async with http.get(
+        f"{b.url}/job/{secret_job}/result?access_token={TOKEN}",
+        headers={"Prefer": "respond-async"},
+    ) as resp:
+        assert resp.status == 403

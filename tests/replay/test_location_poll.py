@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from conftest import Gateway
+from conftest import FAST_POLL, Gateway, started_gateway
 from multidict import MultiDict
 from support.helpers import (
     answer_of,
@@ -22,7 +22,7 @@ from support.helpers import (
     step_until_final,
 )
 
-from sync_gateway.config import RouteSettings, UpstreamSettings
+from sync_gateway.config import RouteSettings, UpstreamSettings, load
 from sync_gateway.core.errors import GatewayError
 from sync_gateway.core.types import CreateRequest, Credentials, Snapshot
 from sync_gateway.emulator.location_emulator import (
@@ -34,6 +34,7 @@ from sync_gateway.emulator.location_emulator import (
 from sync_gateway.metrics import Metrics
 from sync_gateway.upstream.http import UpstreamClient
 from sync_gateway.upstream.location import LocationPollAdapter, resolve_location
+from sync_gateway.web.keys import METRICS
 
 AUTH = {"Authorization": CREDENTIAL}
 OTHER_AUTH = {"Authorization": "Basic b3RoZXJAZXhhbXBsZS5jb206b3RoZXIta2V5"}
@@ -277,6 +278,59 @@ async def test_immediate_result_without_location(
     assert (server.counts["create"], server.counts["poll"]) == (1, 0)
 
 
+async def test_an_immediate_result_is_its_creators_and_kept_in_the_bounded_store(
+    emu: Emu, cleanup: AsyncExitStack, http: aiohttp.ClientSession
+) -> None:
+    server = await emu(immediate=True)
+    route = {
+        "method": "POST",
+        "path": "/exec/schedule",
+        "adapter": "location-poll",
+        "upstream": server.schedule_url,
+        "name": "elastic",
+    }
+    bound = 3 * len(orjson.dumps(DATA))  # room for three results
+    settings = load(
+        None, {}, {"routes": [route], "retention": {"max_bytes": bound}, "upstream": FAST_POLL}
+    )
+    gateway = await started_gateway(cleanup, settings)
+    ids = []
+    for _ in range(10):
+        status, body, resp = await schedule(http, gateway)
+        assert (status, body) == (200, DATA)
+        ids.append(resp.headers["X-Job-Id"])
+    again = f"{gateway.url}/jobs/elastic/{ids[-1]}/result"
+    # Nobody upstream to ask about a result answered at once: its creator's alone.
+    other = {"Authorization": "Bearer somebody-else"}
+    status, body, _ = await call(http, "GET", again, headers=other)
+    assert (status, body["error"]) == (403, "forbidden")
+    status, body, _ = await call(http, "GET", again)
+    assert status == 403
+    status, body, _ = await call(http, "GET", again, headers=AUTH)
+    assert (status, body) == (200, DATA)
+    # Kept like every other result: counted, and bounded by retention.max_bytes.
+    metrics = gateway.app[METRICS]
+    assert 0 < metrics.retained_bytes._value.get() <= bound  # type: ignore[attr-defined]
+    assert metrics.retained_results._value.get() == 3  # type: ignore[attr-defined]
+    oldest = f"{gateway.url}/jobs/elastic/{ids[0]}/result"
+    status, _, _ = await call(http, "GET", oldest, headers=AUTH)
+    assert status == 404  # evicted: the oldest went first
+
+
+async def test_a_location_with_userinfo_is_a_bad_upstream_answer(
+    emu: Emu, gw: Gw, http: aiohttp.ClientSession
+) -> None:
+    server = await emu()
+    server.settings = LocationEmulatorSettings(
+        location_origin=f"http://user:pw@127.0.0.1:{server.port}"
+    )
+    gateway = await gw(server.schedule_url)
+    status, body, _ = await schedule(http, gateway)  # the caller's Authorization too
+    assert status == 502 and body["error"] == "upstream_bad_response"
+    status, _, _ = await call(http, "GET", gateway.url + "/healthz")
+    assert status == 200
+
+
 async def test_credentials_do_not_follow_a_location_to_another_origin(
     emu: Emu, gw: Gw, http: aiohttp.ClientSession
 ) -> None:
@@ -309,6 +363,8 @@ async def test_credentials_do_not_follow_a_location_to_another_origin(
         ("''", "http://x/", None),
         (None, "http://x/", None),
         ("ftp://x/y", "http://x/", None),
+        ("http://user:pw@up.test/v1/exec/poll/1", "http://up.test/", None),  # userinfo
+        ("http://user@up.test/v1/exec/poll/1", "http://up.test/", None),
     ],
 )
 def test_resolve_location(raw: str | None, base: str, expected: str | None) -> None:
