@@ -17,6 +17,7 @@ import structlog
 from sync_gateway.config import Settings
 from sync_gateway.core.access import Access
 from sync_gateway.core.engine import Engine
+from sync_gateway.core.errors import GatewayError, OutcomeUnknown
 from sync_gateway.core.following import Watch
 from sync_gateway.core.types import Created, CreateRequest, Credentials, JobRef, Retained, Snapshot
 from sync_gateway.store.base import ResultStore
@@ -70,14 +71,27 @@ class Jobs:
         h.update(create.body)
         return h.hexdigest()
 
-    async def create_once(self, adapter: Adapter, create: CreateRequest) -> Started:
-        """Create the job upstream, or attach to the job a same-key request created."""
+    async def create_once(
+        self, adapter: Adapter, create: CreateRequest, budget: float | None = None
+    ) -> Started:
+        """Create the job upstream, or attach to the job a same-key request created.
+
+        ``budget`` bounds how long the caller waits for the create (or for the same-key
+        request's create): past it, :class:`OutcomeUnknown` (504) while the create goes on
+        and its job is adopted (watched, kept, the key settled), so that a retry with the
+        same ``Idempotency-Key`` attaches to it. A create that got no answer at all keeps
+        its key too: no retry with it silently creates a second job."""
         key = None
         if create.idempotency_key is not None:
             key = self.claim_key(adapter.name, create)
             while (earlier := await self.store.claim(key)) is not None:
                 try:
-                    ref = await asyncio.shield(earlier)
+                    ref = await asyncio.wait_for(asyncio.shield(earlier), budget)
+                except TimeoutError:
+                    raise OutcomeUnknown(
+                        "the first request with this Idempotency-Key is still creating its"
+                        " job: retry with the same key to attach to it"
+                    ) from None
                 except asyncio.CancelledError:
                     if earlier.cancelled():  # the first create failed: claim the key anew
                         continue
@@ -86,14 +100,25 @@ class Jobs:
                 return Started(ref, await self._last_known(ref), None, create.credentials)
         task = asyncio.ensure_future(self._create(adapter, create))
         try:
-            created = await asyncio.shield(task)
+            created = await asyncio.wait_for(asyncio.shield(task), budget)
+        except TimeoutError:
+            task.add_done_callback(lambda t: self._adopt(t, create.credentials, key, False))
+            advice = (
+                "retry with the same Idempotency-Key to attach to it"
+                if key is not None
+                else "send an Idempotency-Key so that a retry attaches to the job it made"
+            )
+            raise OutcomeUnknown(
+                "the upstream has not answered the create within the wait asked for; the job"
+                f" is watched and kept when it does: {advice}"
+            ) from None
         except asyncio.CancelledError:
             # The client hung up during the create: the job may exist; keep its result.
-            task.add_done_callback(lambda t: self._adopt(t, create.credentials, key))
+            task.add_done_callback(lambda t: self._adopt(t, create.credentials, key, True))
             raise
-        except BaseException:
+        except BaseException as exc:
             if key is not None:
-                self.store.settle(key, None)
+                self._settle_failed(key, exc)
             raise
         creds = created.credentials or create.credentials
         running = self.engine.watching(created.ref.key)
@@ -112,17 +137,34 @@ class Jobs:
             ref = dataclasses.replace(ref, scope=self.scope_of(creds))
         return dataclasses.replace(created, ref=ref, credentials=creds)
 
-    def _adopt(self, task: asyncio.Future[Created], creds: Credentials, key: str | None) -> None:
-        if task.cancelled() or task.exception() is not None:
+    def _adopt(
+        self, task: asyncio.Future[Created], creds: Credentials, key: str | None, hung_up: bool
+    ) -> None:
+        """A create the caller stopped waiting for has ended: watch its job and keep its
+        result (and, after a hang-up with ``cancel_on_disconnect``, cancel it)."""
+        exc = None if task.cancelled() else task.exception()
+        if task.cancelled() or exc is not None:
             if key is not None:
-                self.store.settle(key, None)
+                self._settle_failed(key, exc)
             return
         created = task.result()
         creds = created.credentials or creds
         self.engine.spawn(self._adopted(created, creds, key))
         watch = self.engine.watch(created.ref, creds, created.snapshot)
-        if self.settings.cancel_on_disconnect:
+        if hung_up and self.settings.cancel_on_disconnect:
             self.engine.spawn(self.engine.cancel_unless_waited(watch))
+
+    def _settle_failed(self, key: str, exc: BaseException | None) -> None:
+        """A create under a claimed key failed. When it may have made a job all the same (no
+        answer: a timeout, a reset), the key is kept: a retry with it is told so, and never
+        creates a second job. Otherwise the key is released for a retry to create."""
+        if isinstance(exc, GatewayError) and exc.extra.get("outcome") == "unknown":
+            exc.extra["idempotency_key"] = (
+                "kept: a retry with this key will not create a second job"
+            )
+            self.store.settle_unknown(key)
+        else:
+            self.store.settle(key, None)
 
     async def _adopted(self, created: Created, creds: Credentials, key: str | None) -> None:
         await self.store.remember_ref(created.ref, self.access.fingerprints.of(creds))

@@ -39,6 +39,11 @@ class ResultStore(Protocol):
         """Record the job created under a claimed key (None: the create failed, release it)."""
         ...
 
+    def settle_unknown(self, idem_key: str) -> None:
+        """The create under a claimed key got no answer: keep the claim, so that no retry
+        with the key creates a second job; its claimers get :class:`OutcomeUnknown`."""
+        ...
+
     async def close(self) -> None:
         """Release resources."""
         ...

@@ -12,8 +12,21 @@ import dataclasses
 import time
 from collections import OrderedDict
 
+from sync_gateway.core.errors import OutcomeUnknown
 from sync_gateway.core.types import JobRef, Retained
 from sync_gateway.metrics import Metrics
+
+
+def lost_claim(future: asyncio.Future[JobRef]) -> None:
+    """Settle a claim's future as "outcome unknown" (read once here: nobody may await it)."""
+    future.set_exception(
+        OutcomeUnknown(
+            "the first request with this Idempotency-Key got no answer to its create: a job"
+            " may exist upstream, and the gateway creates no other under this key; look the"
+            " job up upstream, or send a new key to create one",
+        )
+    )
+    future.exception()
 
 
 class MemoryStore:
@@ -104,6 +117,11 @@ class MemoryStore:
                 future.cancel()
         elif not future.done():
             future.set_result(ref)
+
+    def settle_unknown(self, idem_key: str) -> None:
+        found = self._claims.get(idem_key)
+        if found is not None and not found[0].done():
+            lost_claim(found[0])
 
     async def close(self) -> None:
         for future, _ in self._claims.values():

@@ -90,6 +90,10 @@ class ConnectFailed(UpstreamUnavailable):
     """The request never reached the upstream: always safe to retry."""
 
 
+class SentButLost(UpstreamUnavailable):
+    """The connection closed or reset after the request may have reached the upstream."""
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """``Retry-After`` as seconds (delta or HTTP date), or None."""
     if not value:
@@ -160,8 +164,33 @@ class UpstreamClient:
         idempotent: bool = True,
         long_poll: bool = False,
     ) -> Response:
-        """Send one logical request, retried per policy within ``budget`` seconds."""
+        """Send one logical request, retried per policy within ``budget`` seconds.
 
+        A request that is not idempotent (a create) and was lost after it left (a timeout,
+        a connection reset before the answer) raises with ``outcome: "unknown"`` in its
+        extra: the upstream may or may not have acted on it."""
+        try:
+            return await self._request(
+                kind, method, url, params, headers, data, timeout, budget, idempotent, long_poll
+            )
+        except (UpstreamTimeout, SentButLost) as exc:
+            if not idempotent:
+                exc.extra["outcome"] = "unknown"
+            raise
+
+    async def _request(
+        self,
+        kind: str,
+        method: str,
+        url: str,
+        params: Any,
+        headers: Mapping[str, str] | None,
+        data: bytes | None,
+        timeout: float | None,
+        budget: float | None,
+        idempotent: bool,
+        long_poll: bool,
+    ) -> Response:
         def retryable(exc: BaseException) -> bool:
             if isinstance(exc, ConnectFailed):
                 return True
@@ -245,7 +274,7 @@ class UpstreamClient:
             raise UpstreamTimeout("the upstream did not answer in time") from exc
         except (aiohttp.ClientError, OSError) as exc:
             self.metrics.upstream_requests.labels(kind=kind, status="io_error").inc()
-            raise UpstreamUnavailable("the upstream closed or reset the connection") from exc
+            raise SentButLost("the upstream closed or reset the connection") from exc
         except ValueError as exc:  # a URL or header the HTTP client refuses to send
             self.metrics.upstream_requests.labels(kind=kind, status="bad_request").inc()
             raise UpstreamBadResponse("the upstream pointed to a URL that cannot be used") from exc

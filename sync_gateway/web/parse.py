@@ -91,6 +91,12 @@ class Budget:
     respond_async: bool = False
     applied: tuple[str, ...] = ()
 
+    @property
+    def create_seconds(self) -> float | None:
+        """How long the create may take for this call: its budget (None: until the
+        upstream request's own timeout, when the client asked for no wait at all)."""
+        return None if self.respond_async or self.seconds <= 0 else self.seconds
+
 
 def budget(query: MultiMapping[str], headers: CIMultiDictProxy[str], wait: WaitSettings) -> Budget:
     """``timeout`` times ``limit`` (supervisor style), else ``Prefer: wait=N``, else the default;

@@ -52,7 +52,7 @@ async def readyz(request: web.Request) -> web.Response:
     store = "memory"
     backend = request.app.get(REDIS)
     if backend is not None:
-        store = "up" if await backend.healthy() else "down"
+        store = "up" if backend.healthy() else "down"
     return json_response(200, {"status": "ready", "upstream_status": status, "store": store})
 
 

@@ -22,7 +22,7 @@ class RouteViews(Calls):
         adapter = self.adapters[name]
         call = await self.read_call(request, adapter)
         query, fmt, budget = call.query, call.fmt, call.budget
-        started = await self.jobs.create_once(adapter, call.create)
+        started = await self.jobs.create_once(adapter, call.create, call.budget.create_seconds)
         ref = started.ref
         structlog.contextvars.bind_contextvars(job_id=ref.id)
         watch = self.engine.watch(ref, started.credentials, started.last)

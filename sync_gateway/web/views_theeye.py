@@ -26,7 +26,7 @@ class TheEyeViews(Calls):
         call = await self.read_call(request, adapter)
         query, fmt, budget = call.query, call.fmt, call.budget
         wait_result = parse.wants_wait_result(query, call.body)
-        started = await self.jobs.create_once(adapter, call.create)
+        started = await self.jobs.create_once(adapter, call.create, call.budget.create_seconds)
         ref = started.ref
         structlog.contextvars.bind_contextvars(job_id=ref.id)
         if wait_result:

@@ -777,3 +777,53 @@ async def test_sigterm_with_50_waiting_clients_loses_no_result(
     seen = await stats(http, emulator)
     assert seen["create"] == delivered  # exactly one create per client, none after the drain
     assert len(emulator.state.jobs) == delivered
+
+
+# ---- unknown outcomes: a create whose answer was lost ----------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["reset_after_create", "slow"])
+async def test_a_key_whose_create_got_no_answer_never_creates_a_second_job(
+    emulator: EmulatorServer,
+    make_gateway: Callable[..., Any],
+    http: aiohttp.ClientSession,
+    fault: str,
+) -> None:
+    gateway: Gateway = await make_gateway(emulator.url, upstream={"request_timeout": 0.5})
+    await add_faults(http, emulator, {"route": "create", "action": fault, "seconds": 1.5})
+    url = gateway.url + job_path(INSTANT_TASK)
+    for n in range(5):
+        headers = {**BEARER, "Idempotency-Key": f"lost-answer-{n}"}
+        async with http.post(url, headers=headers) as resp:
+            first = await read_json(resp)
+            assert resp.status in (502, 504), first  # a reset, or no answer in time
+            assert first["outcome"] == "unknown"
+            assert "not create a second job" in first["idempotency_key"]
+        async with http.post(url, headers=headers) as resp:  # the faults are used up
+            again = await read_json(resp)
+            assert (resp.status, again["error"]) == (504, "outcome_unknown"), again
+            assert "Idempotency-Key" in again["message"]
+        if n < 4:
+            await add_faults(http, emulator, {"route": "create", "action": fault, "seconds": 1.5})
+    seen = await stats(http, emulator)
+    assert seen["create"] == 5  # five keys, five creates upstream: no retry made another
+
+
+async def test_the_budget_bounds_the_create_and_a_retry_attaches_to_the_job_it_made(
+    emulator: EmulatorServer, make_gateway: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    gateway: Gateway = await make_gateway(emulator.url)  # request_timeout: 30 s
+    await add_faults(http, emulator, {"route": "create", "action": "slow", "seconds": 2})
+    url = gateway.url + job_path(INSTANT_TASK)
+    headers = {**BEARER, "Idempotency-Key": "stalled-create"}
+    async with http.post(url, headers={**headers, "Prefer": "wait=1"}) as resp:
+        body = await read_json(resp)
+        # Answered at the end of the client's budget, while the create still ran upstream.
+        assert (resp.status, body["error"]) == (504, "outcome_unknown"), body
+    assert (await stats(http, emulator))["create"] == 1
+    async with http.post(url, headers={**headers, "Prefer": "wait=10"}) as resp:
+        assert resp.status == 200
+        assert await read_json(resp) == ['{"ok":true}']
+        job_id = resp.headers["X-Job-Id"]
+    seen = await stats(http, emulator)
+    assert seen["create"] == 1 and list(seen["per_job"]) == [job_id]

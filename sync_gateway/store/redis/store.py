@@ -117,6 +117,9 @@ class RedisStore:
     def settle(self, idem_key: str, ref: JobRef | None) -> None:
         self.claims.settle(idem_key, ref)
 
+    def settle_unknown(self, idem_key: str) -> None:
+        self.claims.settle_unknown(idem_key)
+
     def pending(self) -> list[tuple[str, bytes]]:
         """The claims whose create still runs here (renewed with the leases)."""
         return self.claims.pending()
@@ -138,7 +141,11 @@ class RedisStore:
                     restored += 1
             except Unavailable:
                 return
-        log.info("store_written_back", backend="redis", entries=restored)
+        try:
+            claims = await self.claims.write_back()
+        except Unavailable:
+            return
+        log.info("store_written_back", backend="redis", entries=restored, claims=claims)
 
     async def close(self) -> None:
         await self.claims.close()
