@@ -34,6 +34,7 @@ from sync_gateway.upstream.theeye_batch import BatchWatcher
 # A MongoDB ObjectId: what the supervisor accepts as a job id (else a 400, or a 500 for a
 # whole listing that holds one).
 OBJECT_ID = re.compile(r"[0-9a-f]{24}")
+LONG_POLL_MARGIN = 5.0  # seconds past the hold before a long poll is given up
 SUPERVISOR_MIN_TIMEOUT = 10.0
 SUPERVISOR_MAX_TIMEOUT = 60.0
 
@@ -142,7 +143,9 @@ class TheEyeAdapter(Adapter):
             self._result_url(ref),
             params=params,
             headers=headers,
-            timeout=held + self.settings.request_timeout,
+            # The supervisor answers when its hold ends; one that does not (its job vanished
+            # meanwhile: result.js never answers) is cut soon after, and the watch goes on.
+            timeout=held + min(self.settings.request_timeout, LONG_POLL_MARGIN),
             long_poll=True,
         )
         return Progress(self._finished_or_rejected(resp), long_polled=True)

@@ -26,12 +26,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A throw-away redis-server on a loopback port (no persistence), stoppable and
-    restartable on the same port."""
+    """A throw-away redis-server on a loopback port, stoppable and restartable on the same
+    port; no persistence, or an append-only file fsynced on every write (``appendonly``)."""
 
-    def __init__(self, executable: str, directory: Path) -> None:
+    def __init__(self, executable: str, directory: Path, appendonly: bool = False) -> None:
         self.executable = executable
         self.directory = directory
+        self.appendonly = appendonly
         self.port = free_port()
         self.process: asyncio.subprocess.Process | None = None
 
@@ -43,7 +44,8 @@ class RedisServer:
         self.process = await asyncio.create_subprocess_exec(
             self.executable,
             *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
-            *("--appendonly", "no", "--dir", str(self.directory)),
+            *("--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"),
+            *("--dir", str(self.directory)),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
@@ -66,6 +68,13 @@ class RedisServer:
             return False
         finally:
             writer.close()
+
+    async def kill(self) -> None:
+        """kill -9: no shutdown save, only what the append-only file already holds."""
+        process, self.process = self.process, None
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
 
     async def stop(self) -> None:
         process, self.process = self.process, None
