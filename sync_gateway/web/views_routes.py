@@ -40,6 +40,8 @@ class RouteViews(Calls):
         adapter = self.adapters.get(params["adapter"])
         if adapter is None:
             raise NotFound("no configured route has this name", parameter="adapter")
+        if adapter.flavour == "theeye":
+            parse.object_id("job", params["job"])
         plain = parse.credentials(query, request.headers)
         creds = adapter.credentials(CreateRequest(params, query, b"", None, plain))
         if request.method == "POST":

@@ -66,6 +66,7 @@ class TheEyeViews(Calls):
     async def result(self, request: web.Request) -> web.StreamResponse:
         """GET/POST /job/{job}/result and /job/{job}/secret/{secret}/result."""
         params = parse.path_ids(request.match_info)
+        parse.object_id("job", params["job"])
         query = request.query
         fmt = parse.parse_format(query, self.default_format)
         loop = parse.loop_params(query)
