@@ -24,6 +24,7 @@ from sync_gateway.render.common import DEFAULT_DENIED
 
 ENV_PREFIX = "SYNC_GATEWAY_"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PATH_PREFIX = re.compile(r"(/(?!\.+(/|$))[A-Za-z0-9._~-]+)+")
 
 
 WaitMode = Literal["long-poll", "poll"]
@@ -45,6 +46,10 @@ class ServerSettings:
     workers: int = 1
     backlog: int = 16384
     handler_cancellation: bool = True
+    # Behind a reverse proxy that serves the gateway under a path prefix ("/sync"): put in
+    # front of every Location the gateway hands out. Configured, never taken from a request's
+    # X-Forwarded-Prefix, which any client can send unless the proxy overwrites it.
+    public_prefix: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +177,12 @@ def _key_length(value: str) -> str | None:
     return None if not value or len(value) >= 16 else "must be at least 16 characters"
 
 
+def _path_prefix(value: str) -> str | None:
+    if value and not _PATH_PREFIX.fullmatch(value):
+        return "must be empty or a path like /sync: segments of letters, digits, - _ . ~ after /"
+    return None
+
+
 def _http_url(value: str) -> str | None:
     try:
         url = yarl.URL(value)
@@ -188,6 +199,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "server.drain_seconds": _non_negative,
     "server.workers": _positive,
     "server.backlog": _positive,
+    "server.public_prefix": _path_prefix,
     "upstream.url": _http_url,
     "upstream.connect_timeout": _positive,
     "upstream.request_timeout": _positive,

@@ -82,6 +82,7 @@ def test_environment_names_the_config_file(tmp_path: Path) -> None:
         ("SYNC_GATEWAY_RETENTION_SECONDS", "1.5", ("retention", "seconds"), 1.5),
         ("SYNC_GATEWAY_DEFAULT_FORMAT", "parse", (None, "default_format"), "parse"),
         ("SYNC_GATEWAY_CANCEL_ON_DISCONNECT", "yes", (None, "cancel_on_disconnect"), True),
+        ("SYNC_GATEWAY_SERVER_PUBLIC_PREFIX", "/sync", ("server", "public_prefix"), "/sync"),
     ],
 )
 def test_environment_values_are_read_as_the_settings_type(
@@ -116,6 +117,8 @@ BAD_TOML = [
     ("upstream = 5\n", "upstream"),
     ('[[routes]]\nmethod = "POST"\npath = "/x"\nadapter = "theeye"\n', "routes[0].upstream"),
     ("[upstream\n", "config"),
+    ('[server]\npublic_prefix = "sync"\n', "server.public_prefix"),
+    ('[server]\npublic_prefix = "/sync/"\n', "server.public_prefix"),
 ]
 
 
