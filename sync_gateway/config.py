@@ -114,6 +114,29 @@ class SecuritySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CorsSettings:
+    """Browsers on other origins (CORS): off unless origins are listed."""
+
+    allow_origins: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    allow_headers: tuple[str, ...] = (
+        "Authorization",
+        "Content-Type",
+        "Prefer",
+        "Idempotency-Key",
+        "X-Request-Id",
+    )
+    expose_headers: tuple[str, ...] = (
+        "X-Job-Id",
+        "Location",
+        "Retry-After",
+        "Preference-Applied",
+        "X-Request-Id",
+    )
+    max_age: int = 600
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """One client-facing route served by a non-default adapter."""
 
@@ -145,6 +168,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
     default_format: FormatName = "output"
     cancel_on_disconnect: bool = False
     routes: tuple[RouteSettings, ...] = ()
@@ -158,6 +182,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "log": LogSettings,
     "store": StoreSettings,
     "security": SecuritySettings,
+    "cors": CorsSettings,
 }
 
 
@@ -180,6 +205,25 @@ def _key_length(value: str) -> str | None:
 def _path_prefix(value: str) -> str | None:
     if value and not _PATH_PREFIX.fullmatch(value):
         return "must be empty or a path like /sync: segments of letters, digits, - _ . ~ after /"
+    return None
+
+
+def _origins(value: tuple[str, ...]) -> str | None:
+    """``*`` or ``scheme://host[:port]`` each, exactly as a browser sends ``Origin``."""
+    for origin in value:
+        if origin == "*":
+            continue
+        try:
+            url = yarl.URL(origin)
+        except (ValueError, TypeError):
+            url = None
+        if (
+            url is None
+            or url.scheme not in ("http", "https")
+            or not url.host
+            or origin != str(url.origin())
+        ):
+            return f"has {origin!r}: not an origin (scheme://host[:port], no path) nor *"
     return None
 
 
@@ -217,6 +261,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "retention.seconds": _non_negative,
     "retention.max_bytes": _non_negative,
     "security.fingerprint_key": _key_length,
+    "cors.allow_origins": _origins,
+    "cors.max_age": _non_negative,
 }
 _SECRET_KEYS = ("key", "password", "secret", "token")
 
@@ -401,6 +447,10 @@ def load(
         settings = dataclasses.replace(
             settings, retention=dataclasses.replace(settings.retention, seconds=86400.0)
         )
+    if "*" in settings.cors.allow_origins and settings.cors.allow_credentials:
+        # Any site could then call the gateway with the browser's own credentials (cookies,
+        # HTTP auth such as a location-poll route's -u user:key) of whoever visits it.
+        raise ConfigError("cors.allow_credentials: true is refused with allow_origins = ['*']")
     if settings.wait.default_seconds > settings.wait.max_seconds:
         raise ConfigError(
             f"wait.default_seconds: {settings.wait.default_seconds!r} "

@@ -241,3 +241,48 @@ class Nginx:
         process, self.process = self.process, None
         if process is not None:
             await stop_process(process)
+
+
+# Chromium reaches nothing but loopback: every other host fails to resolve, and anything that
+# still tried would go to a dead proxy (loopback itself bypasses proxies).
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",  # tests run as root in CI
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-extensions",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--no-pings",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--proxy-server=http://127.0.0.1:9",
+)
+
+
+async def chromium_dom(url: str, profile: Path, seconds: float = 60.0) -> str:
+    """The DOM of ``url`` as headless Chromium shows it once the page's scripts are done:
+    virtual time (``--virtual-time-budget``) does not advance while a fetch is pending, so
+    the dump comes after the page's fetches have been answered and written into it."""
+    executable = system_executable("chromium", "/usr/bin/chromium")
+    process = await asyncio.create_subprocess_exec(
+        executable,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=30000",
+        "--dump-dom",
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), seconds)
+    except TimeoutError:
+        await stop_process(process)
+        pytest.fail(f"chromium did not finish within {seconds:g} s")
+    if process.returncode != 0:
+        pytest.fail(f"chromium exited {process.returncode}: {err.decode(errors='replace')[-2000:]}")
+    return out.decode()
