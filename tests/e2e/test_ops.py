@@ -351,8 +351,19 @@ def test_openapi_operations_document_their_error_answers() -> None:
     statuses = set(create["responses"])
     assert {"200", "202", "303", "400", "401", "404", "413", "500", "502", "504"} <= statuses
     names = {p.get("$ref", "").rsplit("/", 1)[-1] for p in create["parameters"]}
-    for name in ("output", "parse", "result", "full", "timeout", "limit", "wait_result"):
+    for name in ("format", "timeout", "limit", "wait_result"):
         assert name in names
+    # The four format flags are one choice: an exploded object parameter with one property.
+    formats = doc["components"]["parameters"]["format"]
+    assert (formats["in"], formats["style"], formats["explode"]) == ("query", "form", True)
+    assert set(formats["schema"]["properties"]) == {"output", "parse", "result", "full"}
+    assert formats["schema"]["maxProperties"] == 1
+    for path in ("/job/{job}/result", "/jobs/{adapter}/{job}/result"):
+        for method in ("get", "post"):
+            op = doc["paths"][path][method]
+            refs = {p["$ref"].rsplit("/", 1)[-1] for p in op["parameters"]}
+            assert {"wait", "Prefer", "format"} <= refs, (method, path)
+            assert "Preference-Applied" in doc["components"]["responses"]["Result"]["headers"]
     for name in ("access_token", "Prefer", "Idempotency-Key", "X-Request-Id"):
         assert name in names
     headers = doc["components"]["headers"]
