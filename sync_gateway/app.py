@@ -22,6 +22,7 @@ from sync_gateway.store.base import ResultStore
 from sync_gateway.store.memory import MemoryStore
 from sync_gateway.upstream import build_adapters
 from sync_gateway.upstream.http import UpstreamClient
+from sync_gateway.web.cors import setup_cors
 from sync_gateway.web.errors import context_middleware
 from sync_gateway.web.keys import ADAPTERS, CLIENT, ENGINE, JOBS, METRICS, REDIS, SETTINGS, STORE
 from sync_gateway.web.routes import add_routes
@@ -107,4 +108,5 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)
     add_routes(app.router, settings, *views)
+    setup_cors(app, settings.cors)  # after the routes: it answers their preflights
     return app

@@ -24,6 +24,7 @@ from sync_gateway.render.common import DEFAULT_DENIED
 
 ENV_PREFIX = "SYNC_GATEWAY_"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PATH_PREFIX = re.compile(r"(/(?!\.+(/|$))[A-Za-z0-9._~-]+)+")
 
 
 WaitMode = Literal["long-poll", "poll"]
@@ -52,6 +53,10 @@ class ServerSettings:
     header_timeout: float = 10.0
     # An idle keep-alive connection is closed after this many seconds.
     keepalive_timeout: float = 30.0
+    # Behind a reverse proxy that serves the gateway under a path prefix ("/sync"): put in
+    # front of every Location the gateway hands out. Configured, never taken from a request's
+    # X-Forwarded-Prefix, which any client can send unless the proxy overwrites it.
+    public_prefix: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +127,29 @@ class SecuritySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CorsSettings:
+    """Browsers on other origins (CORS): off unless origins are listed."""
+
+    allow_origins: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    allow_headers: tuple[str, ...] = (
+        "Authorization",
+        "Content-Type",
+        "Prefer",
+        "Idempotency-Key",
+        "X-Request-Id",
+    )
+    expose_headers: tuple[str, ...] = (
+        "X-Job-Id",
+        "Location",
+        "Retry-After",
+        "Preference-Applied",
+        "X-Request-Id",
+    )
+    max_age: int = 600
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """One client-facing route served by a non-default adapter."""
 
@@ -153,6 +181,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
     default_format: FormatName = "output"
     cancel_on_disconnect: bool = False
     routes: tuple[RouteSettings, ...] = ()
@@ -166,6 +195,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "log": LogSettings,
     "store": StoreSettings,
     "security": SecuritySettings,
+    "cors": CorsSettings,
 }
 
 
@@ -191,6 +221,31 @@ def _key_length(value: str) -> str | None:
     return None if not value or len(value) >= 16 else "must be at least 16 characters"
 
 
+def _path_prefix(value: str) -> str | None:
+    if value and not _PATH_PREFIX.fullmatch(value):
+        return "must be empty or a path like /sync: segments of letters, digits, - _ . ~ after /"
+    return None
+
+
+def _origins(value: tuple[str, ...]) -> str | None:
+    """``*`` or ``scheme://host[:port]`` each, exactly as a browser sends ``Origin``."""
+    for origin in value:
+        if origin == "*":
+            continue
+        try:
+            url = yarl.URL(origin)
+        except (ValueError, TypeError):
+            url = None
+        if (
+            url is None
+            or url.scheme not in ("http", "https")
+            or not url.host
+            or origin != str(url.origin())
+        ):
+            return f"has {origin!r}: not an origin (scheme://host[:port], no path) nor *"
+    return None
+
+
 def _http_url(value: str) -> str | None:
     try:
         url = yarl.URL(value)
@@ -210,6 +265,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "server.max_connections": _non_negative,
     "server.header_timeout": _positive,
     "server.keepalive_timeout": _positive,
+    "server.public_prefix": _path_prefix,
     "upstream.url": _http_url,
     "upstream.connect_timeout": _positive,
     "upstream.request_timeout": _positive,
@@ -228,6 +284,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "retention.seconds": _non_negative,
     "retention.max_bytes": _non_negative,
     "security.fingerprint_key": _key_length,
+    "cors.allow_origins": _origins,
+    "cors.max_age": _non_negative,
 }
 _SECRET_KEYS = ("key", "password", "secret", "token")
 
@@ -417,6 +475,10 @@ def load(
             'security.fingerprint_key: required with store.backend = "redis": every replica'
             " must recognise the same creators, and the key must not live in Redis itself"
         )
+    if "*" in settings.cors.allow_origins and settings.cors.allow_credentials:
+        # Any site could then call the gateway with the browser's own credentials (cookies,
+        # HTTP auth such as a location-poll route's -u user:key) of whoever visits it.
+        raise ConfigError("cors.allow_credentials: true is refused with allow_origins = ['*']")
     if settings.wait.default_seconds > settings.wait.max_seconds:
         raise ConfigError(
             f"wait.default_seconds: {settings.wait.default_seconds!r} "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -112,8 +113,19 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The Prometheus text format: this process's registry, or every worker's values."""
+        return generate_latest(self._scraped())
+
+    def negotiated(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition in the format an ``Accept`` header asks for, chosen as
+        prometheus-client's own handler chooses it (OpenMetrics when asked for, else the text
+        format 0.0.4): the body and its Content-Type."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self._scraped()), content_type
+
+    def _scraped(self) -> CollectorRegistry:
+        """This process's registry, or one that reads every worker's values."""
         if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
+            return self.registry
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
+        return registry

@@ -59,6 +59,8 @@ class Calls:
         self.metrics = metrics
         self.limits = limits
         self.default_format = FormatKind(settings.default_format)
+        # Behind a proxy's path prefix: the Locations handed out are the client's paths.
+        self.public_prefix = settings.server.public_prefix
 
     def attach(self, jobs: Jobs, adapters: dict[str, Adapter]) -> None:
         """Hand over the app's resources once they are open."""
@@ -148,5 +150,5 @@ class Calls:
             items.append(("wait", str(math.ceil(max(seconds, 0.0)))))
         if "access_token" in query:
             items.append(("access_token", query["access_token"]))
-        location = result_path(ref, DEFAULT) + "?" + query_string(items)
+        location = self.public_prefix + result_path(ref, DEFAULT) + "?" + query_string(items)
         return accepted(ref, last, location, prefer)

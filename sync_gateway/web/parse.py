@@ -132,16 +132,17 @@ def reattach_budget(
     """How long a re-attach holds, a wait like any other (SPEC 2.3): ``Prefer: respond-async``
     answers at once, ``Prefer: wait=N`` (applied), the loop's ``timeout`` (one hop of the
     supervisor's 303 loop), the ``wait`` a Location handed out, else the default; capped."""
+    # Both are checked whatever wins: a malformed value is a 400, not ignored (openapi.json).
+    timeout = _number(query, "timeout", integer=False)
+    handed = _number(query, "wait", integer=True)
     prefer = _prefer(headers)
     if "respond-async" in prefer:
         return Budget(0.0, respond_async=True, applied=("respond-async",))
     if "wait" in prefer:
         seconds = min(float(prefer["wait"]), wait.max_seconds)
         return Budget(seconds, applied=(f"wait={int(seconds)}",))
-    timeout = _number(query, "timeout", integer=False)
     if timeout is not None:
         return Budget(min(timeout, wait.max_seconds))
-    handed = _number(query, "wait", integer=True)
     if handed is not None:
         return Budget(min(handed, wait.max_seconds))
     return Budget(min(wait.default_seconds, wait.max_seconds))

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from sync_gateway.core.errors import NotFound, ServiceUnavailable
 from sync_gateway.web.keys import CLIENT, ENGINE, METRICS, REDIS, SETTINGS
@@ -57,9 +56,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    """Prometheus text format (every worker's values with ``--workers`` > 1)."""
-    resp = web.Response(body=request.app[METRICS].exposition())
-    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    """Prometheus text format 0.0.4, or OpenMetrics when the scraper's ``Accept`` asks for it
+    (every worker's values with ``--workers`` > 1)."""
+    body, content_type = request.app[METRICS].negotiated(request.headers.get("Accept"))
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = content_type
+    resp.headers["Vary"] = "Accept"
     return resp
 
 

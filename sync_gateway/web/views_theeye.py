@@ -60,7 +60,9 @@ class TheEyeViews(Calls):
             items.append(("timeout", str(int(parse.SUPERVISOR_TIMEOUT))))
         resp = self._pass_through(ref, created)
         resp.set_status(303)
-        resp.headers["Location"] = result_path(ref, DEFAULT) + "?" + query_string(items)
+        resp.headers["Location"] = (
+            self.public_prefix + result_path(ref, DEFAULT) + "?" + query_string(items)
+        )
         return resp
 
     async def result(self, request: web.Request) -> web.StreamResponse:
@@ -94,5 +96,7 @@ class TheEyeViews(Calls):
     def _see_other_next(self, ref: JobRef, query: MultiMapping[str], counter: int) -> web.Response:
         items = MultiDict(query)
         items["counter"] = str(counter + 1)
-        location = result_path(ref, DEFAULT) + "?" + query_string(items.items())
+        location = (
+            self.public_prefix + result_path(ref, DEFAULT) + "?" + query_string(items.items())
+        )
         return json_response(303, {}, [("Location", location), ("X-Job-Id", ref.id)])

@@ -13,6 +13,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 from conftest import CUSTOMER, DELAY_TASK, INSTANT_TASK, TOKEN, Gateway, start_gateway
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from support.processes import cli_env, free_port, start_cli, stop_cli
 
@@ -210,6 +213,43 @@ async def test_metric_labels_carry_no_credentials_job_ids_or_raw_paths(
     assert value(samples, requests, route="unmatched", status="405") == 1
 
 
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+
+async def test_metrics_answer_openmetrics_when_the_scraper_asks_for_it(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(create_url(gateway.url, INSTANT_TASK)) as resp:
+        assert resp.status == 200
+    headers = {"Accept": f"{OPENMETRICS},text/plain;version=0.0.4;q=0.5,*/*;q=0.1"}
+    async with http.get(f"{gateway.url}/metrics", headers=headers) as resp:
+        assert resp.status == 200
+        content_type = resp.headers["Content-Type"]
+        assert "Accept" in resp.headers.get("Vary", "")
+        text = await resp.text()
+    assert content_type.startswith(f"{OPENMETRICS}; charset=utf-8")
+    assert text.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(text)}
+    requests = families["sync_gateway_requests"]  # OpenMetrics names a counter without _total
+    assert requests.type == "counter"
+    assert any(
+        s.name == "sync_gateway_requests_total" and s.labels["route"] == CREATE_ROUTE
+        for s in requests.samples
+    )
+
+
+@pytest.mark.parametrize("accept", ["", "*/*", "text/plain", "application/json"])
+async def test_metrics_default_answer_stays_the_text_format_0_0_4(
+    gateway: Gateway, http: aiohttp.ClientSession, accept: str
+) -> None:
+    async with http.get(f"{gateway.url}/metrics", headers={"Accept": accept}) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text = await resp.text()
+    assert "# EOF" not in text
+    assert "sync_gateway_requests_total" in text
+
+
 def test_job_states_from_the_upstream_cannot_grow_the_label_set_without_bound() -> None:
     metrics = Metrics()
     for i in range(100):
@@ -240,6 +280,9 @@ async def test_metrics_add_up_across_workers(
                 async with s.get(f"{url}/healthz") as resp:
                     assert resp.status == 200
             counts = set()
+            async with s.get(f"{url}/metrics", headers={"Accept": OPENMETRICS}) as resp:
+                assert resp.headers["Content-Type"].startswith(OPENMETRICS)
+                assert (await resp.text()).endswith("# EOF\n")
             for _ in range(6):  # whichever worker answers, it reports every worker's counts
                 after = await scrape(s, url)
                 moved = value(
@@ -308,8 +351,19 @@ def test_openapi_operations_document_their_error_answers() -> None:
     statuses = set(create["responses"])
     assert {"200", "202", "303", "400", "401", "404", "413", "500", "502", "504"} <= statuses
     names = {p.get("$ref", "").rsplit("/", 1)[-1] for p in create["parameters"]}
-    for name in ("output", "parse", "result", "full", "timeout", "limit", "wait_result"):
+    for name in ("format", "timeout", "limit", "wait_result"):
         assert name in names
+    # The four format flags are one choice: an exploded object parameter with one property.
+    formats = doc["components"]["parameters"]["format"]
+    assert (formats["in"], formats["style"], formats["explode"]) == ("query", "form", True)
+    assert set(formats["schema"]["properties"]) == {"output", "parse", "result", "full"}
+    assert formats["schema"]["maxProperties"] == 1
+    for path in ("/job/{job}/result", "/jobs/{adapter}/{job}/result"):
+        for method in ("get", "post"):
+            op = doc["paths"][path][method]
+            refs = {p["$ref"].rsplit("/", 1)[-1] for p in op["parameters"]}
+            assert {"wait", "Prefer", "format"} <= refs, (method, path)
+            assert "Preference-Applied" in doc["components"]["responses"]["Result"]["headers"]
     for name in ("access_token", "Prefer", "Idempotency-Key", "X-Request-Id"):
         assert name in names
     headers = doc["components"]["headers"]

@@ -157,3 +157,141 @@ async def stop_cli(proc: asyncio.subprocess.Process) -> int:
             await proc.wait()
     assert proc.returncode is not None
     return proc.returncode
+
+
+def system_executable(name: str, *also: str) -> str:
+    """A Debian package's program (``.ci/run`` installs it): fails in CI when missing, else
+    skips. ``also``: other places it may be, off a non-root PATH (``/usr/sbin/nginx``)."""
+    found = shutil.which(name) or next((p for p in also if os.access(p, os.X_OK)), None)
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed (.ci/run installs it)")
+        pytest.skip(f"{name} is not installed")
+    return found
+
+
+async def port_opens(port: int, process: asyncio.subprocess.Process, seconds: float = 15.0) -> bool:
+    """Whether something accepts on the loopback ``port`` before ``process`` ends (a bounded
+    wait for start-up, not a timing assertion)."""
+    give_up = time.monotonic() + seconds
+    while process.returncode is None and time.monotonic() < give_up:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        return True
+    return False
+
+
+async def stop_process(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL if it has not gone within 5 s."""
+    if process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), 5)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+class Nginx:
+    """Debian's nginx as one foreground process (``master_process off``: it stays the user that
+    started it) on a free loopback port, every file it writes in ``directory``; ``http_block``
+    goes inside ``http {}``."""
+
+    # Where nginx would write beneath /var unless told otherwise.
+    TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+    def __init__(self, directory: Path, http_block: str) -> None:
+        self.executable = system_executable("nginx", "/usr/sbin/nginx")
+        self.directory = directory
+        self.port = free_port()
+        self.http_block = http_block.replace("{port}", str(self.port))
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        d = self.directory
+        temp = "\n".join(f"    {name}_temp_path {d / name};" for name in self.TEMP_PATHS)
+        return (
+            f"daemon off;\nmaster_process off;\npid {d / 'nginx.pid'};\n"
+            f"error_log {d / 'error.log'} info;\n"
+            "events { worker_connections 256; }\n"
+            f"http {{\n    access_log {d / 'access.log'};\n{temp}\n{self.http_block}\n}}\n"
+        )
+
+    async def start(self) -> None:
+        conf = self.directory / "nginx.conf"
+        conf.write_text(self.config(), encoding="utf-8")
+        self.process = await asyncio.create_subprocess_exec(
+            self.executable,
+            *("-p", str(self.directory), "-c", str(conf)),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=(self.directory / "stderr").open("wb"),
+        )
+        if not await port_opens(self.port, self.process):
+            await self.stop()
+            pytest.fail("nginx did not start: " + self.log())
+
+    def log(self) -> str:
+        return "".join(
+            p.read_text(errors="replace")
+            for p in (self.directory / "stderr", self.directory / "error.log")
+            if p.exists()
+        )
+
+    async def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            await stop_process(process)
+
+
+# Chromium reaches nothing but loopback: every other host fails to resolve, and anything that
+# still tried would go to a dead proxy (loopback itself bypasses proxies).
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",  # tests run as root in CI
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-extensions",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--no-pings",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--proxy-server=http://127.0.0.1:9",
+)
+
+
+async def chromium_dom(url: str, profile: Path, seconds: float = 60.0) -> str:
+    """The DOM of ``url`` as headless Chromium shows it once the page's scripts are done:
+    virtual time (``--virtual-time-budget``) does not advance while a fetch is pending, so
+    the dump comes after the page's fetches have been answered and written into it."""
+    executable = system_executable("chromium", "/usr/bin/chromium")
+    process = await asyncio.create_subprocess_exec(
+        executable,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=30000",
+        "--dump-dom",
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), seconds)
+    except TimeoutError:
+        await stop_process(process)
+        pytest.fail(f"chromium did not finish within {seconds:g} s")
+    if process.returncode != 0:
+        pytest.fail(f"chromium exited {process.returncode}: {err.decode(errors='replace')[-2000:]}")
+    return out.decode()

@@ -17,7 +17,7 @@ from sync_gateway.config import ConfigError, Settings, load
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "config.example.toml"
-SECTIONS = ("server", "upstream", "wait", "retention", "log", "store", "security")
+SECTIONS = ("server", "upstream", "wait", "retention", "log", "store", "security", "cors")
 
 
 def write(tmp_path: Path, text: str, name: str = "gateway.toml") -> Path:
@@ -82,6 +82,13 @@ def test_environment_names_the_config_file(tmp_path: Path) -> None:
         ("SYNC_GATEWAY_RETENTION_SECONDS", "1.5", ("retention", "seconds"), 1.5),
         ("SYNC_GATEWAY_DEFAULT_FORMAT", "parse", (None, "default_format"), "parse"),
         ("SYNC_GATEWAY_CANCEL_ON_DISCONNECT", "yes", (None, "cancel_on_disconnect"), True),
+        ("SYNC_GATEWAY_SERVER_PUBLIC_PREFIX", "/sync", ("server", "public_prefix"), "/sync"),
+        (
+            "SYNC_GATEWAY_CORS_ALLOW_ORIGINS",
+            "https://app.example, http://127.0.0.1:8081",
+            ("cors", "allow_origins"),
+            ("https://app.example", "http://127.0.0.1:8081"),
+        ),
     ],
 )
 def test_environment_values_are_read_as_the_settings_type(
@@ -116,6 +123,11 @@ BAD_TOML = [
     ("upstream = 5\n", "upstream"),
     ('[[routes]]\nmethod = "POST"\npath = "/x"\nadapter = "theeye"\n', "routes[0].upstream"),
     ("[upstream\n", "config"),
+    ('[server]\npublic_prefix = "sync"\n', "server.public_prefix"),
+    ('[server]\npublic_prefix = "/sync/"\n', "server.public_prefix"),
+    ('[cors]\nallow_origins = ["https://app.example/"]\n', "cors.allow_origins"),
+    ('[cors]\nallow_origins = ["*"]\nallow_credentials = true\n', "cors.allow_credentials"),
+    ("[cors]\nmax_age = -1\n", "cors.max_age"),
 ]
 
 

@@ -78,6 +78,23 @@ def test_prefer_wait_that_is_not_whole_seconds_is_a_400() -> None:
 
 
 @pytest.mark.parametrize(
+    ("query", "prefer", "parameter"),
+    [
+        ((("wait", "x"),), "wait=5", "wait"),  # a Prefer that wins does not hide a bad wait
+        ((("wait", ""),), "respond-async", "wait"),
+        ((("timeout", "1e3"),), "wait=5", "timeout"),
+        ((("wait", "1.5"),), "", "wait"),  # whole seconds, as a Location hands it out
+    ],
+)
+def test_reattach_budget_values_are_checked_whatever_wins(
+    query: tuple[tuple[str, str], ...], prefer: str, parameter: str
+) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse.reattach_budget(q(*query), h(("Prefer", prefer)), WAIT)
+    assert caught.value.payload()["parameter"] == parameter
+
+
+@pytest.mark.parametrize(
     "value", ["abc", "a-b_c.d", "A" * 128, "64ac0b46c06feba9b89ad795"], ids=["a", "b", "c", "d"]
 )
 def test_plain_path_ids_pass(value: str) -> None:
