@@ -17,10 +17,9 @@ retry, a second create that lands on a running job):
    credential is refused without asking; so is a secret presented for a job not started by
    one, or a wrong one.
 
-4. A job the gateway does not know at all (never created here, nothing kept) is followed
-   with the caller's own credentials, so the upstream decides on every request it answers;
-   a caller who sent no credential (nor a job secret) is refused at once, so anonymous
-   guesses of job ids cost the upstream nothing.
+A job the gateway does not know at all (never created here, nothing kept) has no creator to
+recognise: rule 3 applies before anything is answered about it, so anonymous guesses of job
+ids cost the upstream nothing, and nobody learns that an id exists without the upstream's word.
 """
 
 from __future__ import annotations
@@ -109,10 +108,3 @@ class Access:
         if decision is Decision.DENY:
             raise Forbidden("these credentials may not see this job", job_id=ref.id)
         await self.adapters[ref.adapter].check_access(ref, credentials)
-
-    def check_unknown(
-        self, job_id: str, credentials: Credentials, presented_secret: str | None
-    ) -> None:
-        """Rule 4: a job nothing is known of is followed only for a caller with credentials."""
-        if not credentials.present and presented_secret is None:
-            raise Forbidden("credentials are needed to see this job", job_id=job_id)

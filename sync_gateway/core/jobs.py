@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("sync_gateway.jobs")
 
 UNKNOWN = Snapshot(False, "in_progress", "")
+NO_OWNER = b""  # a job the gateway did not create: no creator to recognise
 CREDENTIAL_PARAMS = frozenset({"access_token", "apiKey"})
 
 
@@ -206,14 +207,12 @@ class Jobs:
             await self.access.check(ref, owner, creds, presented_secret)
             # A secret-started job is followed through its secret URL, with no token.
             return self.engine.watch(ref, Credentials() if ref.job_secret else creds, UNKNOWN)
-        # A job this gateway never saw: the upstream decides, through the watch's own
-        # requests made with the caller's credentials (a caller without any is refused at
-        # once: no upstream request for anonymous guesses); a flavour that cannot find a job
-        # by its id alone refuses here (404).
-        self.access.check_unknown(job_id, creds, presented_secret)
+        # A job this gateway never saw: nobody is its known creator, so the one decision
+        # asks the upstream with the caller's own credentials before anything is answered
+        # (a caller without any, or with a job secret nobody here knows, is refused without
+        # a request); a flavour that cannot find a job by its id alone refuses (404).
         ref = adapter.ref_for(job_id, hints)
-        if presented_secret is not None:
-            ref = dataclasses.replace(ref, job_secret=presented_secret)
+        await self.access.check(ref, NO_OWNER, creds, presented_secret)
         return self.engine.watch(ref, creds, UNKNOWN, known=False)
 
     def scope_of(self, creds: Credentials) -> str:

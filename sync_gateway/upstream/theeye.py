@@ -226,9 +226,6 @@ class TheEyeAdapter(Adapter):
         await self.batch.close()
 
     def ref_for(self, job_id: str, params: Mapping[str, str]) -> JobRef:
-        return JobRef(
-            adapter=self.name,
-            id=job_id,
-            customer=params.get("customer") or None,
-            job_secret=params.get("secret") or None,
-        )
+        """A job created elsewhere; its customer (the ``customer`` hint) lets the gateway ask
+        the upstream whether the caller may see it, and poll it."""
+        return JobRef(adapter=self.name, id=job_id, customer=params.get("customer") or None)

@@ -146,9 +146,12 @@ class Calls:
         (``wait``: a client with a short read timeout can poll it safely), and a token the
         client sent in the query (never one it sent in a header)."""
         items = list(fmt.query_items())
+        if ref.adapter == DEFAULT and ref.customer and not ref.job_secret:
+            # Where to ask about the job: a replica that never saw it (a restart) still can.
+            items.append(("customer", ref.customer))
         if seconds is not None:
             items.append(("wait", str(math.ceil(max(seconds, 0.0)))))
-        if "access_token" in query:
+        if query.get("access_token"):
             items.append(("access_token", query["access_token"]))
         location = self.public_prefix + result_path(ref, DEFAULT) + "?" + query_string(items)
         return accepted(ref, last, location, prefer)

@@ -457,8 +457,11 @@ async def test_secret_route_with_wait_result_loops_on_the_jobs_own_secret(
 async def test_reattach_to_a_job_the_upstream_does_not_know_passes_its_404(
     gateway: Gateway, http: aiohttp.ClientSession
 ) -> None:
-    resp, data = await get(
-        http, f"{gateway.url}/job/ffffffffffffffffffffffff/result?timeout=1&access_token={TOKEN}"
-    )
+    unknown = f"{gateway.url}/job/ffffffffffffffffffffffff/result?timeout=1&access_token={TOKEN}"
+    resp, data = await get(http, unknown + "&customer=demo")
     assert resp.status == 404
     assert orjson.loads(data)["message"] == "job not found"
+    # Without the customer the gateway cannot ask the upstream, and says so.
+    resp, data = await get(http, unknown)
+    assert resp.status == 403
+    assert "customer" in orjson.loads(data)["message"]

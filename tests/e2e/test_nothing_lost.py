@@ -331,7 +331,8 @@ async def test_reset_after_create_is_not_retried_and_answers_502(
     await assert_one_create(http, emulator)
     # The job is not lost: whoever learns its id can still fetch its result.
     job_id = only_job_id(emulator)
-    status, headers, result = await reattach(http, gateway.url, f"/job/{job_id}/result", BEARER)
+    found = f"/job/{job_id}/result?customer={CUSTOMER}"  # a job this gateway never saw
+    status, headers, result = await reattach(http, gateway.url, found, BEARER)
     assert status == 200
     assert headers["X-Job-Id"] == job_id
     assert orjson.loads(result) == DELAY_OUTPUT
@@ -346,7 +347,8 @@ async def test_client_hang_up_mid_wait_keeps_the_job_and_result_is_retrievable(
     await hang_up_after_create(gateway.url, job_path(DELAY_TASK), b"[1]", http, emulator)
     job_id = only_job_id(emulator)
     polls = await result_requests(http, emulator, job_id)
-    status, headers, result = await reattach(http, gateway.url, f"/job/{job_id}/result", BEARER)
+    found = f"/job/{job_id}/result?customer={CUSTOMER}"  # a job this gateway never saw
+    status, headers, result = await reattach(http, gateway.url, found, BEARER)
     assert status == 200
     assert headers["X-Job-Id"] == job_id
     assert orjson.loads(result) == DELAY_OUTPUT

@@ -235,8 +235,8 @@ async def test_reattach_without_the_api_key_finds_no_job(
     _, _, resp = await run(http, gateway, job_body())
     again = f"{gateway.url}/jobs/infolink/{resp.headers['X-Job-Id']}/result"
     status, body, _ = await call(http, "GET", again)
-    # Jobs are keyed by their creator's apiKey: without any credential, no look at all.
-    assert (status, body["error"]) == (403, "forbidden")
+    # Jobs are keyed by their creator's apiKey: without it there is no such job here.
+    assert (status, body["error"]) == (404, "not_found")
     # Another apiKey choosing the same jobId reaches no job of the first caller's either.
     status, body, _ = await call(http, "GET", again, params={"access_token": "wrong-key"})
     assert (status, body["error"]) == (404, "not_found")
