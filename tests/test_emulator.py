@@ -478,9 +478,13 @@ async def test_stats(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
         assert resp.status == 404
 
 
-async def test_many_concurrent_delay_jobs(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
+async def test_many_concurrent_delay_jobs(http: aiohttp.ClientSession) -> None:
     connector = aiohttp.TCPConnector(limit=200)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    # 2000 jobs of one task: the supervisor's autoremove would delete finished ones unread
+    async with (
+        EmulatorServer(settings(autoremove_limit=None)) as emu,
+        aiohttp.ClientSession(connector=connector) as session,
+    ):
         docs = await asyncio.gather(*(create(session, emu, DELAY_TASK, [0.3]) for _ in range(2000)))
         answers = await asyncio.gather(*(result(session, emu, d["id"]) for d in docs))
     assert len({d["id"] for d in docs}) == 2000

@@ -22,14 +22,28 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass(frozen=True)
 class EmulatorSettings:
+    """How the emulator behaves; the defaults are the supervisor's (theeye-supervisor 4.15.3).
+
+    ``autoremove_limit``: every create keeps the newest N jobs of its task and deletes the
+    older finished ones (``removeExceededJobsCountByTask``, core/service/job/index.js; N is the
+    task's ``autoremove_completed_jobs_limit``, default 5 in core/entity/task/base-properties.js
+    and ``JOBS_LOG_COUNT_LIMIT`` in core/constants/jobs.js); None keeps every job.
+    """
+
     recipe: pathlib.Path | None = None
     min_timeout: float = 10.0
     max_timeout: float = 60.0
     read_once: bool = False
+    autoremove_limit: int | None = 5
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_timeout <= self.max_timeout:
             raise ValueError("need 0 <= min_timeout <= max_timeout")
+        limit = self.autoremove_limit
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise ValueError("autoremove_limit must be an integer or None")
+        if limit is not None and limit < 1:
+            raise ValueError("autoremove_limit must be at least 1 (None: keep every job)")
 
 
 STATE_KEY = web.AppKey("emulator_state", EmulatorState)
@@ -123,6 +137,7 @@ def _body_arguments(raw: bytes) -> tuple[list[Any], bool]:
 
 async def create_job(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
+    settings = request.app[SETTINGS_KEY]
     secret = request.match_info.get("secret")
     task_id = request.match_info["task"]
     task: Task | None
@@ -142,6 +157,8 @@ async def create_job(request: web.Request) -> web.Response:
     job = state.new_job(task, args, origin)
     body = orjson.dumps(job.doc)  # snapshot: lifecycle "ready", before the job runs
     start_job(state, job, args)
+    if settings.autoremove_limit is not None:
+        state.autoremove(task.id, settings.autoremove_limit)
     query = request.query
     if query.get("wait_result") == "true" or body_wait:
         updates = {
@@ -387,6 +404,6 @@ def create_emulator_app(settings: EmulatorSettings) -> web.Application:
 async def shutdown_jobs(state: EmulatorState) -> None:
     """Kill running subprocesses and timers and wait for their runner tasks."""
     kill_all(state)
-    runners = [j.runner for j in state.jobs.values() if j.runner is not None]
+    runners = list(state.runners)
     if runners:
         await asyncio.gather(*runners, return_exceptions=True)

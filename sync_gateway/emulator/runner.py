@@ -102,7 +102,10 @@ def start_job(state: EmulatorState, job: Job, args: list[Any]) -> None:
                     delay = candidate
         job.timer = loop.call_later(delay, _finish_fixed, job, started)
     else:
-        job.runner = asyncio.create_task(_run_script(state, job, args), name=f"job-{job.id}")
+        runner = asyncio.create_task(_run_script(state, job, args), name=f"job-{job.id}")
+        job.runner = runner
+        state.runners.add(runner)  # awaited at shutdown even if the job was deleted meanwhile
+        runner.add_done_callback(state.runners.discard)
 
 
 def _finish_fixed(job: Job, started: float) -> None:

@@ -1,0 +1,136 @@
+"""The supervisor behaviours the emulator reproduces beyond the happy path, each switched on and
+off, over real loopback sockets (theeye-supervisor 4.15.3; sources named in the emulator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import DELAY_TASK, HELLO_TASK, INSTANT_TASK, TOKEN
+from helpers import call, stats
+
+from sync_gateway.emulator import EmulatorServer, EmulatorSettings
+
+FINAL = ("finished", "terminated", "canceled", "completed", "expired")
+
+
+def settings(**kw: Any) -> EmulatorSettings:
+    base: dict[str, Any] = {"min_timeout": 0.2, "max_timeout": 10.0}
+    base.update(kw)
+    return EmulatorSettings(**base)
+
+
+@asynccontextmanager
+async def emulator(**kw: Any) -> AsyncIterator[EmulatorServer]:
+    async with EmulatorServer(settings(**kw)) as server:
+        yield server
+
+
+async def create(
+    http: aiohttp.ClientSession,
+    emu: EmulatorServer,
+    task: str,
+    args: list[Any] | None = None,
+    token: str = TOKEN,
+) -> str:
+    url = f"{emu.url}/demo/task/{task}/job?access_token={token}"
+    status, body, _ = await call(http, "POST", url, json={"task_arguments": args or []})
+    assert status == 200, body
+    job_id: str = body["id"]
+    return job_id
+
+
+async def finished(emu: EmulatorServer, job_id: str) -> None:
+    await asyncio.wait_for(emu.state.jobs[job_id].done.wait(), 30)
+
+
+async def create_finished(http: aiohttp.ClientSession, emu: EmulatorServer, task: str) -> str:
+    job_id = await create(http, emu, task)
+    await finished(emu, job_id)
+    return job_id
+
+
+def job_url(emu: EmulatorServer, job_id: str, token: str = TOKEN) -> str:
+    return f"{emu.url}/demo/job/{job_id}?access_token={token}"
+
+
+def result_url(emu: EmulatorServer, job_id: str, query: str, token: str = TOKEN) -> str:
+    return f"{emu.url}/job/{job_id}/result?access_token={token}&{query}"
+
+
+def listing(
+    emu: EmulatorServer, ids: list[str], token: str | None = TOKEN
+) -> tuple[str, list[tuple[str, str]]]:
+    params = [("where[_id][$in][]", i) for i in ids]
+    params += [("where[lifecycle][$in][]", lc) for lc in FINAL]
+    if token is not None:
+        params.append(("access_token", token))
+    return f"{emu.url}/demo/job", params
+
+
+async def wait_for(condition: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition never met"
+        await asyncio.sleep(0.01)
+
+
+# -- 1. autoremove ------------------------------------------------------------------------------
+
+
+async def test_autoremove_keeps_the_newest_five_jobs_of_the_task(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with emulator() as emu:
+        assert emu.settings.autoremove_limit == 5  # the supervisor's default
+        other = await create_finished(http, emu, HELLO_TASK)
+        ids = [await create_finished(http, emu, INSTANT_TASK) for _ in range(6)]
+        status, body, _ = await call(http, "GET", job_url(emu, ids[0]))
+        assert (status, body) == (404, {"statusCode": 404, "message": "job not found"})
+        status, _, _ = await call(http, "GET", result_url(emu, ids[0], "full"))
+        assert status == 404
+        for job_id in [*ids[1:], other]:  # the newest five, and another task's job
+            status, _, _ = await call(http, "GET", job_url(emu, job_id))
+            assert status == 200
+        counters = await stats(http, emu)
+        assert counters["autoremoved"] == 1 and counters["jobs"] == 6
+        status, timing, _ = await call(http, "GET", f"{emu.url}/_emulator/jobs/{ids[0]}/timing")
+        assert status == 200 and timing["finished_at"] is not None  # kept for the tests
+
+
+async def test_autoremove_counts_running_jobs_in_the_window_but_never_deletes_them(
+    http: aiohttp.ClientSession,
+) -> None:
+    """removeExceededJobsCountByTask keeps the newest N jobs whatever their lifecycle and
+    deletes the older finished ones: running jobs push finished ones out."""
+    async with emulator(autoremove_limit=2) as emu:
+        done = await create_finished(http, emu, DELAY_TASK)  # [0] → 0 s: finished
+        running = [await create(http, emu, DELAY_TASK, [30]) for _ in range(2)]
+        status, _, _ = await call(http, "GET", job_url(emu, done))
+        assert status == 404  # no newer *finished* job, deleted all the same
+        more = [await create(http, emu, DELAY_TASK, [30]) for _ in range(2)]
+        for job_id in running + more:  # "ready" jobs are never deleted
+            status, body, _ = await call(http, "GET", job_url(emu, job_id))
+            assert status == 200 and body["lifecycle"] == "ready"
+        assert (await stats(http, emu))["autoremoved"] == 1
+
+
+async def test_autoremove_off_keeps_every_job(http: aiohttp.ClientSession) -> None:
+    async with emulator(autoremove_limit=None) as emu:
+        ids = [await create_finished(http, emu, INSTANT_TASK) for _ in range(8)]
+        for job_id in ids:
+            status, _, _ = await call(http, "GET", job_url(emu, job_id))
+            assert status == 200
+        assert (await stats(http, emu))["autoremoved"] == 0
+
+
+def test_autoremove_limit_is_validated() -> None:
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ValueError):
+            EmulatorSettings(autoremove_limit=bad)
