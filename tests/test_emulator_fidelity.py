@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import DELAY_TASK, HELLO_TASK, INSTANT_TASK, TOKEN
+from conftest import DELAY_TASK, HELLO_TASK, INSTANT_TASK, SLOW_TASK, TOKEN
 from helpers import call, stats
 
 from sync_gateway.emulator import EmulatorServer, EmulatorSettings
@@ -134,3 +134,32 @@ def test_autoremove_limit_is_validated() -> None:
     for bad in (0, -1, True, 2.5):
         with pytest.raises(ValueError):
             EmulatorSettings(autoremove_limit=bad)
+
+
+# -- 6. cancel ---------------------------------------------------------------------------------
+
+
+async def test_cancel_answers_204_and_sets_the_supervisors_lifecycles(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with emulator() as emu:
+        ready = await create(http, emu, DELAY_TASK, [30])  # never leaves "ready"
+        running = await create(http, emu, SLOW_TASK, [30])
+        await wait_for(lambda: emu.state.jobs[running].doc["lifecycle"] == "assigned")
+        done = await create_finished(http, emu, HELLO_TASK)
+        for job_id in (ready, running, done, done):
+            url = f"{emu.url}/demo/job/{job_id}/cancel?access_token={TOKEN}"
+            async with http.put(url) as resp:
+                assert resp.status == 204 and await resp.read() == b""
+        states = {}
+        for job_id in (ready, running, done):
+            _, doc, _ = await call(http, "GET", job_url(emu, job_id))
+            states[job_id] = (doc["state"], doc["lifecycle"])
+        assert states == {
+            ready: ("canceled", "canceled"),
+            running: ("canceled", "terminated"),
+            done: ("success", "finished"),
+        }
+        _, doc, _ = await call(http, "GET", job_url(emu, ready))
+        assert doc["result"]["user"]["id"] == emu.state.recipe.customers["demo"].id
+        assert (await stats(http, emu))["cancel"] == 4
