@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import pytest
@@ -136,6 +137,60 @@ def test_autoremove_limit_is_validated() -> None:
             EmulatorSettings(autoremove_limit=bad)
 
 
+# -- 5. the job-finished notification ---------------------------------------------------------
+
+
+async def test_long_poll_wakes_when_the_job_finishes(http: aiohttp.ClientSession) -> None:
+    async with emulator() as emu:
+        assert emu.settings.notifications is True
+        job_id = await create(http, emu, DELAY_TASK, [0.3])
+        started = time.monotonic()
+        status, body, _ = await call(http, "GET", result_url(emu, job_id, "timeout=5"))
+        assert (status, body) == (200, {"ok": True})
+        assert time.monotonic() - started < 2
+
+
+async def test_without_notifications_a_poll_holds_its_whole_timeout(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with emulator(notifications=False) as emu:
+        job_id = await create(http, emu, DELAY_TASK, [0.2])
+        started = time.monotonic()
+        status, body, resp = await call(
+            http, "GET", result_url(emu, job_id, "timeout=1&limit=3&counter=0")
+        )
+        held = time.monotonic() - started
+        assert emu.state.jobs[job_id].finished  # it finished at 0.2 s ...
+        assert (status, body) == (303, {}) and held >= 0.95  # ... and the timer answers
+        location = resp.headers["Location"]
+        assert dict(parse_qsl(urlsplit(location).query))["counter"] == "1"
+        started = time.monotonic()
+        status, body, _ = await call(http, "GET", emu.url + location)
+        assert (status, body) == (200, {"ok": True}) and time.monotonic() - started < 0.5
+
+        job_id = await create(http, emu, DELAY_TASK, [0.2])
+        status, body, _ = await call(
+            http, "GET", result_url(emu, job_id, "timeout=0.5&limit=2&counter=2")
+        )
+        assert (status, body) == (408, "Request Timeout")  # at the limit: 408, finished or not
+
+
+def test_notification_delay_is_validated() -> None:
+    with pytest.raises(ValueError):
+        EmulatorSettings(notification_delay=-1)
+
+
+async def test_notification_delay(http: aiohttp.ClientSession) -> None:
+    async with emulator(notification_delay=0.6) as emu:
+        job_id = await create(http, emu, DELAY_TASK, [0.1])
+        started = time.monotonic()
+        status, _, _ = await call(http, "GET", result_url(emu, job_id, "timeout=5"))
+        assert status == 200 and time.monotonic() - started >= 0.65
+        job_id = await create(http, emu, DELAY_TASK, [0.1])  # the timer comes first
+        status, _, _ = await call(http, "GET", result_url(emu, job_id, "timeout=0.3&limit=9"))
+        assert status == 303
+
+
 # -- 6. cancel ---------------------------------------------------------------------------------
 
 
@@ -163,3 +218,62 @@ async def test_cancel_answers_204_and_sets_the_supervisors_lifecycles(
         _, doc, _ = await call(http, "GET", job_url(emu, ready))
         assert doc["result"]["user"]["id"] == emu.state.recipe.customers["demo"].id
         assert (await stats(http, emu))["cancel"] == 4
+
+
+# -- 7. a held long poll whose job vanished ---------------------------------------------------
+
+
+async def test_long_poll_on_a_vanished_job_is_never_answered(http: aiohttp.ClientSession) -> None:
+    """The notification wakes the poll, findById finds nothing, result.js throws in a promise:
+    no answer. The job-finished round trip (notification_delay) leaves a create the time to
+    delete the job (autoremove)."""
+    async with emulator(autoremove_limit=1, notification_delay=0.5) as emu:
+        job_id = await create(http, emu, DELAY_TASK, [0.1])
+        poll = asyncio.ensure_future(
+            call(
+                http,
+                "GET",
+                result_url(emu, job_id, "timeout=5&limit=9&counter=0"),
+                timeout=aiohttp.ClientTimeout(total=2),
+            )
+        )
+        await finished(emu, job_id)
+        await create_finished(http, emu, DELAY_TASK)  # deletes the finished, older job
+        assert job_id not in emu.state.jobs
+        await wait_for(lambda: emu.state.hanging == 1)
+        with pytest.raises(asyncio.TimeoutError):
+            await poll  # the client gives up; nothing ever came
+        counters = await stats(http, emu)
+        assert counters["hung"] == 1 and counters["autoremoved"] == 1
+        await wait_for(lambda: emu.state.hanging == 0)  # the disconnect ended the handler
+
+        # the server's shutdown closes such a request too
+        job_id = await create(http, emu, DELAY_TASK, [0.1])
+        poll = asyncio.ensure_future(call(http, "GET", result_url(emu, job_id, "timeout=5")))
+        await finished(emu, job_id)
+        await create_finished(http, emu, DELAY_TASK)
+        await wait_for(lambda: emu.state.hanging == 1)
+        started = time.monotonic()
+        await emu.stop()
+        with pytest.raises(aiohttp.ClientError):
+            await poll
+        assert time.monotonic() - started < 2 and emu.state.hanging == 0
+
+
+async def test_vanished_job_without_notifications_ends_in_404(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Without the notification the timer answers 303 (no re-read); the next poll's lookup
+    finds no job: 404."""
+    async with emulator(autoremove_limit=1, notifications=False) as emu:
+        job_id = await create(http, emu, DELAY_TASK, [0.1])
+        poll = asyncio.ensure_future(
+            call(http, "GET", result_url(emu, job_id, "timeout=1&limit=9&counter=0"))
+        )
+        await finished(emu, job_id)
+        await create_finished(http, emu, DELAY_TASK)
+        status, _, resp = await poll
+        assert status == 303
+        status, body, _ = await call(http, "GET", emu.url + resp.headers["Location"])
+        assert (status, body["message"]) == (404, "job not found")
+        assert (await stats(http, emu))["hung"] == 0

@@ -7,7 +7,7 @@ import contextlib
 import pathlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from aiohttp import web
@@ -28,6 +28,13 @@ class EmulatorSettings:
     older finished ones (``removeExceededJobsCountByTask``, core/service/job/index.js; N is the
     task's ``autoremove_completed_jobs_limit``, default 5 in core/entity/task/base-properties.js
     and ``JOBS_LOG_COUNT_LIMIT`` in core/constants/jobs.js); None keeps every job.
+
+    ``notifications``: a held ``/job/{id}/result`` wakes when its job finishes. The supervisor
+    only learns it from the ``{customer_id}:job-finished:{job_id}`` Redis message that TheEye's
+    gateway publishes (core/controllers/job/result.js ``waitJobResult``) after the supervisor
+    posted the event to it (``emitJobFinishedNotification``, core/service/job/index.js); False
+    is a supervisor whose gateway does not publish where it subscribes: a poll holds its whole
+    timeout. ``notification_delay`` (seconds) is how long that round trip takes.
     """
 
     recipe: pathlib.Path | None = None
@@ -35,6 +42,8 @@ class EmulatorSettings:
     max_timeout: float = 60.0
     read_once: bool = False
     autoremove_limit: int | None = 5
+    notifications: bool = True
+    notification_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_timeout <= self.max_timeout:
@@ -44,6 +53,8 @@ class EmulatorSettings:
             raise ValueError("autoremove_limit must be an integer or None")
         if limit is not None and limit < 1:
             raise ValueError("autoremove_limit must be at least 1 (None: keep every job)")
+        if not self.notification_delay >= 0:
+            raise ValueError("notification_delay must be >= 0")
 
 
 STATE_KEY = web.AppKey("emulator_state", EmulatorState)
@@ -99,6 +110,17 @@ def _authenticate(request: web.Request) -> Customer:
     if path_customer is not None and path_customer != customer.name:
         raise fail(403, "forbidden. you don't belong to this organization")
     return customer
+
+
+async def hang(state: EmulatorState) -> NoReturn:
+    """Never answer (the client gives up, or the server's shutdown closes the connection)."""
+    state.event("hung")
+    state.hanging += 1
+    try:
+        await asyncio.get_running_loop().create_future()
+    finally:
+        state.hanging -= 1
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _check_secret(given: str, expected: str) -> None:
@@ -192,9 +214,27 @@ def _answer(request: web.Request, job: Job) -> web.Response:
     return json_response(formatted.status, formatted.body, headers)
 
 
+async def _notified(job: Job, timeout: float, settings: EmulatorSettings) -> bool:
+    """``waitJobResult`` (core/controllers/job/result.js): True when the job-finished message
+    arrives within ``timeout``, False when the timer fires first. Without notifications no
+    message comes: the request is held for the whole timeout."""
+    if not settings.notifications:
+        await asyncio.sleep(timeout)
+        return False
+    try:
+        async with asyncio.timeout(timeout):
+            await job.done.wait()
+            if settings.notification_delay:
+                await asyncio.sleep(settings.notification_delay)
+    except TimeoutError:
+        return False
+    return True
+
+
 async def job_result(request: web.Request) -> web.Response:
-    """The supervisor's ``resultPolling``."""
+    """The supervisor's ``resultPolling`` (core/controllers/job/result.js)."""
     settings = request.app[SETTINGS_KEY]
+    state = request.app[STATE_KEY]
     secret = request.match_info.get("secret")
     if secret is not None:
         job = _job(request, None)
@@ -205,19 +245,19 @@ async def job_result(request: web.Request) -> web.Response:
         return _answer(request, job)
     query = request.query
     timeout = clamp_timeout(query.get("timeout"), settings.min_timeout, settings.max_timeout)
-    try:
-        async with asyncio.timeout(timeout):
-            await job.done.wait()
-    except TimeoutError:
+    if not await _notified(job, timeout, settings):
+        # the timer fired: 408 or 303 whatever the job did meanwhile (no message, no re-read)
         if query.get("limit") == query.get("counter"):
             return json_response(408, "Request Timeout")
         counter = js_number(query.get("counter"))
         updates = {"counter": "0" if counter != counter else js_number_str(counter + 1)}
         location = f"{_result_path(job, secret is not None)}?{encode_query(query.items(), updates)}"
         return json_response(303, {}, {"Location": location})
-    current = request.app[STATE_KEY].jobs.get(job.id)
+    current = state.jobs.get(job.id)
     if current is None:
-        raise fail(404, "Job result is no longer available")
+        # Job.findById(...).then(job => { if (!job) throw new ClientError(…) }) with no catch
+        # (and ClientError not even imported there): the answer never comes.
+        await hang(state)
     return _answer(request, current)
 
 

@@ -21,7 +21,7 @@ FINAL_LIFECYCLES = frozenset({"finished", "completed", "terminated", "canceled",
 # What autoremove never deletes (service/job/index.js removeExceededJobsCountByTask).
 KEPT_LIFECYCLES = frozenset({"locked", "syncing", "ready", "assigned", "onhold"})
 ROUTE_KINDS = ("create", "result", "job", "list", "cancel")
-EVENT_KINDS = ("autoremoved",)
+EVENT_KINDS = ("autoremoved", "hung")
 FAULT_ACTIONS = frozenset({"status", "reset", "reset_after_create", "garbage", "slow"})
 
 _counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
@@ -149,6 +149,7 @@ class EmulatorState:
         self.faults_consumed = 0
         self.closing = False  # set by kill_all(): runners kill what they spawn
         self.runners: set[asyncio.Task[None]] = set()  # script runners still going
+        self.hanging = 0  # long polls that will never be answered, still open
         self._seq = itertools.count(1)  # jobs' creation order
         # Per task: every job in creation order (the order of their ObjectIds), and the
         # finished ones autoremove may delete.
@@ -176,6 +177,7 @@ class EmulatorState:
         out["jobs"] = len(self.jobs)
         out["running"] = sum(1 for j in self.jobs.values() if not j.finished)
         out.update({k: self.counts[k] for k in EVENT_KINDS})
+        out["hanging"] = self.hanging
         return out
 
     def reset_stats(self) -> None:
