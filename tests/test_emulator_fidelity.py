@@ -137,6 +137,80 @@ def test_autoremove_limit_is_validated() -> None:
             EmulatorSettings(autoremove_limit=bad)
 
 
+# -- 3. ids that are not ObjectIds ------------------------------------------------------------
+
+
+async def test_listing_with_a_non_object_id_fails_whole(http: aiohttp.ClientSession) -> None:
+    async with emulator() as emu:
+        job_id = await create_finished(http, emu, HELLO_TASK)
+        for bad in ("not-an-id", job_id[:23], job_id + "0", "g" * 24):
+            url, params = listing(emu, [job_id, bad])
+            status, body, _ = await call(http, "GET", url, params=params)
+            assert (status, body) == (500, "Internal Server Error"), bad
+        url, params = listing(emu, [job_id, "twelve chars"])  # Mongoose casts any 12 characters
+        status, listed, _ = await call(http, "GET", url, params=params)
+        assert status == 200 and [d["id"] for d in listed] == [job_id]
+        url, params = listing(emu, ["twelve chars"])
+        status, listed, _ = await call(http, "GET", url, params=params)
+        assert (status, listed) == (200, [])
+
+
+async def test_single_job_with_a_non_object_id_is_400(http: aiohttp.ClientSession) -> None:
+    async with emulator() as emu:
+        job_id = await create_finished(http, emu, HELLO_TASK)
+        for url, method in (
+            (job_url(emu, "not-an-id"), "GET"),
+            (result_url(emu, "not-an-id", "full"), "GET"),
+            (f"{emu.url}/demo/job/{job_id[:-1]}/cancel?access_token={TOKEN}", "PUT"),
+            (f"{emu.url}/job/{job_id}x/secret/{'0' * 64}/result", "GET"),
+        ):
+            status, body, _ = await call(http, method, url)
+            assert (status, body) == (400, "job id is invalid"), url
+        status, doc, _ = await call(http, "GET", job_url(emu, job_id.upper()))
+        assert status == 200 and doc["id"] == job_id  # isMongoId is case-insensitive
+
+
+# -- 4. one credential ------------------------------------------------------------------------
+
+
+async def test_two_credentials_are_401(http: aiohttp.ClientSession) -> None:
+    async with emulator() as emu:
+        job_id = await create_finished(http, emu, HELLO_TASK)
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        create_url = f"{emu.url}/demo/task/{HELLO_TASK}/job"
+        url, params = listing(emu, [job_id], None)
+        cancel_url = f"{emu.url}/demo/job/{job_id}/cancel?access_token={TOKEN}"
+        refused: list[tuple[str, str, dict[str, Any]]] = [
+            ("POST", f"{create_url}?access_token={TOKEN}", {"headers": bearer}),
+            ("POST", f"{create_url}?access_token={TOKEN}", {"json": {"access_token": TOKEN}}),
+            ("POST", create_url, {"headers": bearer, "json": {"access_token": TOKEN}}),
+            ("POST", create_url, {"data": {"access_token": TOKEN}, "headers": bearer}),
+            ("POST", f"{create_url}?access_token={TOKEN}&access_token={TOKEN}", {}),
+            ("POST", create_url, {"headers": {"Authorization": f"Bearer  {TOKEN}"}}),
+            ("GET", job_url(emu, job_id), {"headers": bearer}),
+            ("GET", result_url(emu, job_id, "full"), {"headers": bearer}),
+            ("GET", url, {"params": [*params, ("access_token", TOKEN)], "headers": bearer}),
+            ("PUT", cancel_url, {"headers": bearer}),
+        ]
+        for method, target, kw in refused:
+            status, body, _ = await call(http, method, target, **kw)
+            assert status == 401 and body["message"] == "Unauthorized", (method, target, kw)
+        assert (await stats(http, emu))["jobs"] == 1
+
+        accepted: list[tuple[str, dict[str, Any]]] = [
+            (create_url, {"headers": bearer}),
+            (f"{create_url}?access_token={TOKEN}", {}),
+            (create_url, {"json": {"access_token": TOKEN, "task_arguments": []}}),
+            (create_url, {"data": {"access_token": TOKEN}}),  # a form body
+            # not a Bearer header: passport ignores it and takes the query's token
+            (f"{create_url}?access_token={TOKEN}", {"headers": {"Authorization": "Basic eDp5"}}),
+            (f"{create_url}?access_token={TOKEN}", {"json": {"access_token": ""}}),  # falsy
+        ]
+        for target, kw in accepted:
+            status, body, _ = await call(http, "POST", target, **kw)
+            assert status == 200, (target, kw, body)
+
+
 # -- 5. the job-finished notification ---------------------------------------------------------
 
 

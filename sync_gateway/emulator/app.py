@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
+from urllib.parse import parse_qs
 
 import orjson
 from aiohttp import web
@@ -71,16 +73,26 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
 
 
 class ErrorAnswer(Exception):
-    """Raised by handlers; the middleware turns it into the JSON error answer."""
+    """Raised by handlers; the middleware turns it into the JSON error answer: ``body`` when
+    given (the supervisor's ``res.send(status, 'text')``), else ``{"statusCode", "message"}``."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
+        self.body = body
 
     def response(self) -> web.Response:
-        body = {"statusCode": self.status, "message": self.message}
+        body = self.body
+        if body is None:
+            body = {"statusCode": self.status, "message": self.message}
         return json_response(self.status, body, self.headers)
 
 
@@ -92,20 +104,61 @@ def fail(status: int, message: str, **headers: str) -> ErrorAnswer:
 # -- auth and lookups -------------------------------------------------------------------------
 
 
-def _token(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.query.get("access_token") or None
+def _unauthorized() -> ErrorAnswer:
+    return fail(401, "Unauthorized", **{"WWW-Authenticate": 'Bearer realm="Users"'})
 
 
-def _authenticate(request: web.Request) -> Customer:
+def _body_token(request: web.Request, raw: bytes) -> Any:
+    """``req.body.access_token`` as restify's bodyParser leaves it: a form field, or a key of
+    a JSON object body (any other content type is read as JSON too, as the create does)."""
+    if not raw.strip():
+        return None
+    if request.content_type == "application/x-www-form-urlencoded":
+        form = parse_qs(raw.decode("utf-8", "replace"))
+        values = form.get("access_token", [])
+        return values[0] if len(values) == 1 else values or None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return body.get("access_token") if isinstance(body, dict) else None
+
+
+async def _bearer_token(request: web.Request) -> str | None:
+    """passport-http-bearer's ``Strategy.authenticate`` (lib/strategy.js), which the
+    supervisor's ``bearerMiddleware`` (core/lib/auth/index.js) answers 401 ``Unauthorized`` on
+    any failure: an ``Authorization`` header that is not two space-separated parts fails; a
+    ``Bearer`` one gives the token; then the body's ``access_token`` and then the query's —
+    a second credential (truthy, as JavaScript says) fails whatever its value."""
+    token: Any = None
+    authorization = request.headers.get("Authorization")
+    if authorization:
+        parts = authorization.split(" ")
+        if len(parts) != 2:
+            raise _unauthorized()
+        if parts[0].lower() == "bearer":
+            token = parts[1]
+    for found in (_body_token(request, await request.read()), _query_token(request)):
+        if found:
+            if token:
+                raise _unauthorized()
+            token = found
+    return token if isinstance(token, str) and token else None
+
+
+def _query_token(request: web.Request) -> Any:
+    values = request.query.getall("access_token", [])
+    return values[0] if len(values) == 1 else values or None  # qs: repeated keys → an array
+
+
+async def _authenticate(request: web.Request) -> Customer:
+    """The caller's organization; 401 without a known token, 403 when the path names another
+    customer."""
     state = request.app[STATE_KEY]
-    token = _token(request)
+    token = await _bearer_token(request)
     customer = state.recipe.customer_for_token(token) if token else None
     if customer is None:
-        raise fail(401, "Unauthorized", **{"WWW-Authenticate": 'Bearer realm="Users"'})
+        raise _unauthorized()
     path_customer = request.match_info.get("customer")
     if path_customer is not None and path_customer != customer.name:
         raise fail(403, "forbidden. you don't belong to this organization")
@@ -128,8 +181,17 @@ def _check_secret(given: str, expected: str) -> None:
         raise fail(403, "invalid secret")
 
 
+OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
+
+
 def _job(request: web.Request, customer: Customer | None) -> Job:
-    job = request.app[STATE_KEY].jobs.get(request.match_info["job"])
+    """``router.resolve.idToEntity({param: 'job', required: true})`` (core/router/
+    param-resolver.js): an id that is not a MongoId (24 hex characters) answers 400 ``"job id
+    is invalid"``; an unknown one 404."""
+    job_id = request.match_info["job"]
+    if not OBJECT_ID.fullmatch(job_id):
+        raise ErrorAnswer(400, "job id is invalid", body="job id is invalid")
+    job = request.app[STATE_KEY].jobs.get(job_id.lower())
     if job is None:
         raise fail(404, "job not found")
     if customer is not None and job.customer.name != customer.name:
@@ -137,9 +199,9 @@ def _job(request: web.Request, customer: Customer | None) -> Job:
     return job
 
 
-def _body_arguments(raw: bytes) -> tuple[list[Any], bool]:
-    if not raw.strip():
-        return [], False
+def _body_arguments(request: web.Request, raw: bytes) -> tuple[list[Any], bool]:
+    if not raw.strip() or request.content_type == "application/x-www-form-urlencoded":
+        return [], False  # a form carries no JSON arguments (its access_token is a credential)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -170,12 +232,12 @@ async def create_job(request: web.Request) -> web.Response:
         _check_secret(secret, task.secret)
         origin = "secret"
     else:
-        customer = _authenticate(request)
+        customer = await _authenticate(request)
         task = state.recipe.tasks.get(task_id)
         if task is None or task.customer != customer.name:
             raise fail(404, "task not found")
         origin = "user"
-    args, body_wait = _body_arguments(await request.read())
+    args, body_wait = _body_arguments(request, await request.read())
     job = state.new_job(task, args, origin)
     body = orjson.dumps(job.doc)  # snapshot: lifecycle "ready", before the job runs
     start_job(state, job, args)
@@ -240,7 +302,7 @@ async def job_result(request: web.Request) -> web.Response:
         job = _job(request, None)
         _check_secret(secret, job.secret)
     else:
-        job = _job(request, _authenticate(request))
+        job = _job(request, await _authenticate(request))
     if job.finished:
         return _answer(request, job)
     query = request.query
@@ -262,7 +324,7 @@ async def job_result(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    job = _job(request, _authenticate(request))
+    job = _job(request, await _authenticate(request))
     body = orjson.dumps(job.doc)
     if request.app[SETTINGS_KEY].read_once and job.finished:
         request.app[STATE_KEY].forget(job)
@@ -282,20 +344,30 @@ def _query_list(request: web.Request, name: str) -> list[str]:
     return [v for item in values for v in item.split(",") if v]
 
 
+def _castable_object_id(value: str) -> bool:
+    """What Mongoose 5 (bson 1.x ``ObjectID``) casts: 24 hex characters, or any 12."""
+    return bool(OBJECT_ID.fullmatch(value)) or len(value) == 12
+
+
 async def list_jobs(request: web.Request) -> web.Response:
-    """``GET /{customer}/job``: the customer's jobs, filtered like the supervisor's dbFilter
-    (``where[_id][$in][]=…``, ``where[lifecycle][$in][]=…``, ``limit``), without the heavy
-    fields."""
-    customer = _authenticate(request)
-    ids = set(_query_list(request, "where[_id][$in]"))
+    """``GET /{customer}/job`` (core/controllers/job/crud.js ``fetch``): the customer's jobs
+    filtered like the supervisor's dbFilter (``where[_id][$in][]=…``,
+    ``where[lifecycle][$in][]=…``, ``limit``), without the heavy fields. An ``_id`` Mongoose
+    cannot cast fails the query: 500 ``"Internal Server Error"`` (``res.sendError``)."""
+    state = request.app[STATE_KEY]
+    customer = await _authenticate(request)
+    asked = _query_list(request, "where[_id][$in]")
+    if not all(_castable_object_id(i) for i in asked):
+        return json_response(500, "Internal Server Error")
+    ids = {i.lower() for i in asked}  # a 12-character id casts to one no job has
     lifecycles = set(_query_list(request, "where[lifecycle][$in]"))
     limit = int(request.query.get("limit") or 0) or None
     found = []
-    for job in request.app[STATE_KEY].jobs.values():
+    for job in state.jobs.values():
         doc = job.doc
         if doc.get("customer_name") != customer.name:
             continue
-        if (ids and doc["id"] not in ids) or (lifecycles and doc["lifecycle"] not in lifecycles):
+        if (asked and doc["id"] not in ids) or (lifecycles and doc["lifecycle"] not in lifecycles):
             continue
         found.append({k: v for k, v in doc.items() if k not in LIST_EXCLUDED})
         if limit is not None and len(found) >= limit:
@@ -307,7 +379,7 @@ async def cancel(request: web.Request) -> web.Response:
     """``PUT /{customer}/job/{id}/cancel`` (core/controllers/job/lifecycle.js): the dispatcher's
     ``cancel`` reports its errors to a callback the controller never passes, so the answer is
     always 204 — a finished job simply stays as it is (``cancel_job``)."""
-    customer = _authenticate(request)
+    customer = await _authenticate(request)
     job = _job(request, customer)
     cancel_job(job, {"email": None, "id": customer.id, "username": customer.name})
     return web.Response(status=204)
