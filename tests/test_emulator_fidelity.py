@@ -1,5 +1,9 @@
 """The supervisor behaviours the emulator reproduces beyond the happy path, each switched on and
 off, over real loopback sockets (theeye-supervisor 4.15.3; sources named in the emulator).
+
+autoremove of finished jobs, the listing's ACL and projection, ObjectId checks, one credential
+only, long polls with and without the job-finished notification, cancel, and the long poll that
+is never answered when its job vanished.
 """
 
 from __future__ import annotations
@@ -8,16 +12,19 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import pytest
-from conftest import DELAY_TASK, HELLO_TASK, INSTANT_TASK, SLOW_TASK, TOKEN
+from conftest import DELAY_TASK, HELLO_TASK, INSTANT_TASK, OTHER_TOKEN, SLOW_TASK, TOKEN
 from helpers import call, stats
 
-from sync_gateway.emulator import EmulatorServer, EmulatorSettings
+from sync_gateway.emulator import BUNDLED_RECIPE, EmulatorServer, EmulatorSettings
 
+VIEWER = "demo-viewer-token"  # role viewer, not in the demo tasks' acl
+OPERATOR = "demo-operator-token"  # role user, operator@demo.test, in the demo tasks' acl
 FINAL = ("finished", "terminated", "canceled", "completed", "expired")
 
 
@@ -73,6 +80,14 @@ def listing(
     if token is not None:
         params.append(("access_token", token))
     return f"{emu.url}/demo/job", params
+
+
+def bundled_recipe_copy(tmp_path: Path, text: str) -> Path:
+    """The bundled recipe as ``text``, written elsewhere (its scripts found where they are)."""
+    scripts = BUNDLED_RECIPE.parent / "scripts"
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(text.replace('script = "scripts/', f'script = "{scripts}/'))
+    return recipe
 
 
 async def wait_for(condition: Any, seconds: float = 5.0) -> None:
@@ -135,6 +150,82 @@ def test_autoremove_limit_is_validated() -> None:
     for bad in (0, -1, True, 2.5):
         with pytest.raises(ValueError):
             EmulatorSettings(autoremove_limit=bad)
+
+
+# -- 2. the listing's ACL and projection ------------------------------------------------------
+
+
+async def test_viewer_reads_and_polls_a_job_the_listing_hides(http: aiohttp.ClientSession) -> None:
+    async with emulator() as emu:
+        job_id = await create_finished(http, emu, HELLO_TASK)
+        status, doc, _ = await call(http, "GET", job_url(emu, job_id, VIEWER))
+        assert status == 200 and doc["acl"] == ["operator@demo.test"]
+        status, body, _ = await call(http, "GET", result_url(emu, job_id, "timeout=1", VIEWER))
+        assert (status, body) == (200, {"message": "Hello world!"})
+
+        url, params = listing(emu, [job_id], VIEWER)
+        status, listed, _ = await call(http, "GET", url, params=params)
+        assert (status, listed) == (200, [])
+        assert (await stats(http, emu))["list_hidden"] == 1
+
+        for token in (TOKEN, OPERATOR):  # admin: everything; the operator is in the acl
+            url, params = listing(emu, [job_id], token)
+            status, listed, _ = await call(http, "GET", url, params=params)
+            assert status == 200 and [d["id"] for d in listed] == [job_id]
+
+
+async def test_listing_leaves_out_output_and_result(http: aiohttp.ClientSession) -> None:
+    async with emulator() as emu:
+        job_id = await create_finished(http, emu, HELLO_TASK)
+        url, params = listing(emu, [job_id])
+        status, (doc,), _ = await call(http, "GET", url, params=params)
+        assert status == 200 and doc["lifecycle"] == "finished" and doc["state"] == "success"
+        dropped = {"output", "result", "task_arguments_values", "env", "task"}
+        assert not dropped & set(doc)
+        status, full, _ = await call(http, "GET", job_url(emu, job_id))
+        assert dropped <= set(full)
+
+
+async def test_roles_below_user_cannot_create_and_agents_get_no_listing(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    agent = '\n[[customers.demo.members]]\ntoken = "agent-token"\nrole = "agent"\n'
+    recipe = bundled_recipe_copy(tmp_path, BUNDLED_RECIPE.read_text() + agent)
+    async with emulator(recipe=recipe) as emu:
+        url = f"{emu.url}/demo/task/{HELLO_TASK}/job?access_token={VIEWER}"
+        status, body, _ = await call(http, "POST", url)
+        assert (status, body) == (403, "forbidden")
+        assert (await stats(http, emu))["jobs"] == 0
+        await create(http, emu, HELLO_TASK, token=OPERATOR)  # role user, allowed by the acl
+        url, params = listing(emu, [], "agent-token")
+        status, body, _ = await call(http, "GET", url, params=params)
+        assert (status, body) == (400, "host is required")  # the agent's queue, no host
+
+
+async def test_acl_denial_is_never_answered(http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """ACL.ensureAllowed throws inside a promise nobody catches (router/ensure-allowed.js):
+    a job whose acl is empty is never answered to a viewer, and listings leave it out."""
+    text = BUNDLED_RECIPE.read_text().replace('acl = ["operator@demo.test"]\n', "")
+    recipe = bundled_recipe_copy(tmp_path, text)
+    async with emulator(recipe=recipe) as emu:
+        job_id = await create_finished(http, emu, HELLO_TASK)
+        short = aiohttp.ClientTimeout(total=0.5)
+        for url in (job_url(emu, job_id, VIEWER), result_url(emu, job_id, "full", VIEWER)):
+            with pytest.raises(asyncio.TimeoutError):
+                await call(http, "GET", url, timeout=short)
+        url, params = listing(emu, [job_id], VIEWER)
+        status, listed, _ = await call(http, "GET", url, params=params)
+        assert (status, listed) == (200, [])
+        status, _, _ = await call(http, "GET", job_url(emu, job_id))  # admin: allowed
+        assert status == 200
+        assert (await stats(http, emu))["hung"] == 2
+
+
+async def test_other_customers_token_still_403(http: aiohttp.ClientSession) -> None:
+    async with emulator() as emu:
+        job_id = await create_finished(http, emu, HELLO_TASK)
+        status, _, _ = await call(http, "GET", job_url(emu, job_id, OTHER_TOKEN))
+        assert status == 403
 
 
 # -- 3. ids that are not ObjectIds ------------------------------------------------------------

@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from .formats import clamp_timeout, encode_query, js_number, js_number_str, parse_job_response
-from .recipe import Customer, Task, load_recipe
+from .recipe import Customer, Member, Task, access_level, load_recipe
 from .runner import cancel_job, kill_all, start_job
 from .state import EmulatorState, Fault, Job
 
@@ -151,18 +151,61 @@ def _query_token(request: web.Request) -> Any:
     return values[0] if len(values) == 1 else values or None  # qs: repeated keys → an array
 
 
-async def _authenticate(request: web.Request) -> Customer:
-    """The caller's organization; 401 without a known token, 403 when the path names another
-    customer."""
+async def _authenticate(request: web.Request) -> tuple[Customer, Member]:
+    """The caller's organization and member; 401 without a known token, 403 when the path
+    names another customer."""
     state = request.app[STATE_KEY]
     token = await _bearer_token(request)
-    customer = state.recipe.customer_for_token(token) if token else None
-    if customer is None:
+    found = state.recipe.caller_for_token(token) if token else None
+    if found is None:
         raise _unauthorized()
+    customer, member = found
     path_customer = request.match_info.get("customer")
     if path_customer is not None and path_customer != customer.name:
         raise fail(403, "forbidden. you don't belong to this organization")
-    return customer
+    return customer, member
+
+
+def _require_role(member: Member, role: str) -> None:
+    """``router.requireCredential`` (core/router/require-credential.js)."""
+    if access_level(member.role) < access_level(role):
+        raise ErrorAnswer(403, "forbidden", body="forbidden")
+
+
+def _permissions(member: Member) -> list[str]:
+    """``ACL.buildPermissions`` (core/lib/acl.js): the role, the email, the tags ``k:v``.
+    A missing email is JavaScript's ``undefined``, in a template string ``"undefined"``."""
+    return [member.role, member.email if member.email is not None else "undefined", *member.tags]
+
+
+def _allowed(member: Member, acl: list[Any]) -> bool:
+    """``ACL.ensureAllowed`` (core/lib/acl.js) exactly as written: admins and above pass; an
+    empty ``acl`` fails; otherwise it stops at the first permission that is NOT in the acl
+    and passes — so a member passes unless the acl is empty or holds every one of its
+    permissions (the check reads inverted, but this is what the supervisor runs)."""
+    if member.is_admin:
+        return True
+    if not acl:
+        return False
+    return any(value not in acl for value in _permissions(member))
+
+
+async def _ensure_allowed(request: web.Request, member: Member, acl: list[Any]) -> None:
+    """``router.ensureAllowed`` (core/router/ensure-allowed.js) calls ``ACL.ensureAllowed``
+    inside a promise's ``then`` with no ``catch``: the ForbiddenError becomes an unhandled
+    rejection (logged in production, core/main.js) and the request is never answered."""
+    if not _allowed(member, acl):
+        await hang(request.app[STATE_KEY])
+
+
+def _listed(member: Member, acl: list[Any]) -> bool:
+    """``router.dbFilter`` (core/router/db-filter.js) for credentials below admin (core/router/
+    ensure-permissions.js): ``where.acl = {$in: [/^permission$/i, …]}`` — a job is listed only
+    when its ``acl`` holds the member's role, email or one of its tags, case-insensitively."""
+    if member.is_admin:
+        return True
+    wanted = {p.lower() for p in _permissions(member)}
+    return any(isinstance(a, str) and a.lower() in wanted for a in acl)
 
 
 async def hang(state: EmulatorState) -> NoReturn:
@@ -232,10 +275,12 @@ async def create_job(request: web.Request) -> web.Response:
         _check_secret(secret, task.secret)
         origin = "secret"
     else:
-        customer = await _authenticate(request)
+        customer, member = await _authenticate(request)
+        _require_role(member, "user")  # core/controllers/task/job.js
         task = state.recipe.tasks.get(task_id)
         if task is None or task.customer != customer.name:
             raise fail(404, "task not found")
+        await _ensure_allowed(request, member, list(task.acl))
         origin = "user"
     args, body_wait = _body_arguments(request, await request.read())
     job = state.new_job(task, args, origin)
@@ -302,7 +347,9 @@ async def job_result(request: web.Request) -> web.Response:
         job = _job(request, None)
         _check_secret(secret, job.secret)
     else:
-        job = _job(request, await _authenticate(request))
+        customer, member = await _authenticate(request)
+        job = _job(request, customer)
+        await _ensure_allowed(request, member, job.doc["acl"])
     if job.finished:
         return _answer(request, job)
     query = request.query
@@ -324,7 +371,9 @@ async def job_result(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    job = _job(request, await _authenticate(request))
+    customer, member = await _authenticate(request)
+    job = _job(request, customer)
+    await _ensure_allowed(request, member, job.doc["acl"])
     body = orjson.dumps(job.doc)
     if request.app[SETTINGS_KEY].read_once and job.finished:
         request.app[STATE_KEY].forget(job)
@@ -352,10 +401,14 @@ def _castable_object_id(value: str) -> bool:
 async def list_jobs(request: web.Request) -> web.Response:
     """``GET /{customer}/job`` (core/controllers/job/crud.js ``fetch``): the customer's jobs
     filtered like the supervisor's dbFilter (``where[_id][$in][]=…``,
-    ``where[lifecycle][$in][]=…``, ``limit``), without the heavy fields. An ``_id`` Mongoose
+    ``where[lifecycle][$in][]=…``, ``limit``), without the heavy fields; below admin, only the
+    jobs whose ``acl`` names the member (``_listed``). An agent token gets the agent's queue
+    instead, which needs a registered host: 400 ``"host is required"``. An ``_id`` Mongoose
     cannot cast fails the query: 500 ``"Internal Server Error"`` (``res.sendError``)."""
     state = request.app[STATE_KEY]
-    customer = await _authenticate(request)
+    customer, member = await _authenticate(request)
+    if member.role == "agent":
+        return json_response(400, "host is required")
     asked = _query_list(request, "where[_id][$in]")
     if not all(_castable_object_id(i) for i in asked):
         return json_response(500, "Internal Server Error")
@@ -363,15 +416,20 @@ async def list_jobs(request: web.Request) -> web.Response:
     lifecycles = set(_query_list(request, "where[lifecycle][$in]"))
     limit = int(request.query.get("limit") or 0) or None
     found = []
+    hidden = 0
     for job in state.jobs.values():
         doc = job.doc
         if doc.get("customer_name") != customer.name:
             continue
         if (asked and doc["id"] not in ids) or (lifecycles and doc["lifecycle"] not in lifecycles):
             continue
+        if not _listed(member, doc["acl"]):
+            hidden += 1
+            continue
         found.append({k: v for k, v in doc.items() if k not in LIST_EXCLUDED})
         if limit is not None and len(found) >= limit:
             break
+    state.event("list_hidden", hidden)
     return web.Response(status=200, body=orjson.dumps(found), content_type="application/json")
 
 
@@ -379,9 +437,11 @@ async def cancel(request: web.Request) -> web.Response:
     """``PUT /{customer}/job/{id}/cancel`` (core/controllers/job/lifecycle.js): the dispatcher's
     ``cancel`` reports its errors to a callback the controller never passes, so the answer is
     always 204 — a finished job simply stays as it is (``cancel_job``)."""
-    customer = await _authenticate(request)
+    customer, member = await _authenticate(request)
     job = _job(request, customer)
-    cancel_job(job, {"email": None, "id": customer.id, "username": customer.name})
+    await _ensure_allowed(request, member, job.doc["acl"])
+    who = {"email": member.email, "id": customer.id, "username": member.username or customer.name}
+    cancel_job(job, who)
     return web.Response(status=204)
 
 

@@ -21,7 +21,7 @@ FINAL_LIFECYCLES = frozenset({"finished", "completed", "terminated", "canceled",
 # What autoremove never deletes (service/job/index.js removeExceededJobsCountByTask).
 KEPT_LIFECYCLES = frozenset({"locked", "syncing", "ready", "assigned", "onhold"})
 ROUTE_KINDS = ("create", "result", "job", "list", "cancel")
-EVENT_KINDS = ("autoremoved", "hung")
+EVENT_KINDS = ("autoremoved", "hung", "list_hidden")
 FAULT_ACTIONS = frozenset({"status", "reset", "reset_after_create", "garbage", "slow"})
 
 _counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
@@ -246,7 +246,7 @@ class EmulatorState:
             "assigned_users": [],
             "user_inputs": False,
             "user_inputs_members": [],
-            "acl": [],
+            "acl": list(task.acl),
             "empty_viewers": False,
             "acl_dynamic": False,
             "cancellable": True,
