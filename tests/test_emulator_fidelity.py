@@ -97,6 +97,17 @@ async def wait_for(condition: Any, seconds: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def held_poll(
+    http: aiohttp.ClientSession, emu: EmulatorServer, job_id: str, query: str, **kw: Any
+) -> asyncio.Future[tuple[int, Any, aiohttp.ClientResponse]]:
+    """A long poll of ``job_id``, returned once the emulator has received it (so a job that
+    ends later ends while it is held, however slow the machine)."""
+    seen = emu.state.per_job[job_id]["result"]
+    poll = asyncio.ensure_future(call(http, "GET", result_url(emu, job_id, query), **kw))
+    await wait_for(lambda: emu.state.per_job[job_id]["result"] > seen)
+    return poll
+
+
 # -- 1. autoremove ------------------------------------------------------------------------------
 
 
@@ -319,24 +330,23 @@ async def test_without_notifications_a_poll_holds_its_whole_timeout(
     http: aiohttp.ClientSession,
 ) -> None:
     async with emulator(notifications=False) as emu:
-        job_id = await create(http, emu, DELAY_TASK, [0.2])
+        job_id = await create(http, emu, DELAY_TASK, [0.5])
         started = time.monotonic()
-        status, body, resp = await call(
-            http, "GET", result_url(emu, job_id, "timeout=1&limit=3&counter=0")
-        )
+        poll = await held_poll(http, emu, job_id, "timeout=1.5&limit=3&counter=0")
+        status, body, resp = await poll
         held = time.monotonic() - started
-        assert emu.state.jobs[job_id].finished  # it finished at 0.2 s ...
-        assert (status, body) == (303, {}) and held >= 0.95  # ... and the timer answers
+        assert emu.state.jobs[job_id].finished  # it finished at 0.5 s ...
+        assert (status, body) == (303, {}) and held >= 1.45  # ... and the timer answers
         location = resp.headers["Location"]
         assert dict(parse_qsl(urlsplit(location).query))["counter"] == "1"
         started = time.monotonic()
         status, body, _ = await call(http, "GET", emu.url + location)
         assert (status, body) == (200, {"ok": True}) and time.monotonic() - started < 0.5
 
-        job_id = await create(http, emu, DELAY_TASK, [0.2])
-        status, body, _ = await call(
-            http, "GET", result_url(emu, job_id, "timeout=0.5&limit=2&counter=2")
-        )
+        job_id = await create(http, emu, DELAY_TASK, [0.3])
+        poll = await held_poll(http, emu, job_id, "timeout=0.8&limit=2&counter=2")
+        status, body, _ = await poll
+        assert emu.state.jobs[job_id].finished
         assert (status, body) == (408, "Request Timeout")  # at the limit: 408, finished or not
 
 
@@ -347,12 +357,12 @@ def test_notification_delay_is_validated() -> None:
 
 async def test_notification_delay(http: aiohttp.ClientSession) -> None:
     async with emulator(notification_delay=0.6) as emu:
-        job_id = await create(http, emu, DELAY_TASK, [0.1])
-        started = time.monotonic()
-        status, _, _ = await call(http, "GET", result_url(emu, job_id, "timeout=5"))
-        assert status == 200 and time.monotonic() - started >= 0.65
-        job_id = await create(http, emu, DELAY_TASK, [0.1])  # the timer comes first
-        status, _, _ = await call(http, "GET", result_url(emu, job_id, "timeout=0.3&limit=9"))
+        job_id = await create(http, emu, DELAY_TASK, [0.3])
+        status, _, _ = await (await held_poll(http, emu, job_id, "timeout=5"))
+        finished_at = emu.state.jobs[job_id].finished_at
+        assert status == 200 and finished_at is not None and time.time() - finished_at >= 0.55
+        job_id = await create(http, emu, DELAY_TASK, [0.5])  # the timer comes first
+        status, _, _ = await (await held_poll(http, emu, job_id, "timeout=0.5&limit=9"))
         assert status == 303
 
 
@@ -392,16 +402,10 @@ async def test_long_poll_on_a_vanished_job_is_never_answered(http: aiohttp.Clien
     """The notification wakes the poll, findById finds nothing, result.js throws in a promise:
     no answer. The job-finished round trip (notification_delay) leaves a create the time to
     delete the job (autoremove)."""
-    async with emulator(autoremove_limit=1, notification_delay=0.5) as emu:
-        job_id = await create(http, emu, DELAY_TASK, [0.1])
-        poll = asyncio.ensure_future(
-            call(
-                http,
-                "GET",
-                result_url(emu, job_id, "timeout=5&limit=9&counter=0"),
-                timeout=aiohttp.ClientTimeout(total=2),
-            )
-        )
+    async with emulator(autoremove_limit=1, notification_delay=1.0) as emu:
+        job_id = await create(http, emu, DELAY_TASK, [0.5])
+        gives_up = aiohttp.ClientTimeout(total=3)
+        poll = await held_poll(http, emu, job_id, "timeout=5&limit=9&counter=0", timeout=gives_up)
         await finished(emu, job_id)
         await create_finished(http, emu, DELAY_TASK)  # deletes the finished, older job
         assert job_id not in emu.state.jobs
@@ -413,8 +417,8 @@ async def test_long_poll_on_a_vanished_job_is_never_answered(http: aiohttp.Clien
         await wait_for(lambda: emu.state.hanging == 0)  # the disconnect ended the handler
 
         # the server's shutdown closes such a request too
-        job_id = await create(http, emu, DELAY_TASK, [0.1])
-        poll = asyncio.ensure_future(call(http, "GET", result_url(emu, job_id, "timeout=5")))
+        job_id = await create(http, emu, DELAY_TASK, [0.5])
+        poll = await held_poll(http, emu, job_id, "timeout=5")
         await finished(emu, job_id)
         await create_finished(http, emu, DELAY_TASK)
         await wait_for(lambda: emu.state.hanging == 1)
@@ -431,10 +435,8 @@ async def test_vanished_job_without_notifications_ends_in_404(
     """Without the notification the timer answers 303 (no re-read); the next poll's lookup
     finds no job: 404."""
     async with emulator(autoremove_limit=1, notifications=False) as emu:
-        job_id = await create(http, emu, DELAY_TASK, [0.1])
-        poll = asyncio.ensure_future(
-            call(http, "GET", result_url(emu, job_id, "timeout=1&limit=9&counter=0"))
-        )
+        job_id = await create(http, emu, DELAY_TASK, [0.5])
+        poll = await held_poll(http, emu, job_id, "timeout=1.5&limit=9&counter=0")
         await finished(emu, job_id)
         await create_finished(http, emu, DELAY_TASK)
         status, _, resp = await poll
