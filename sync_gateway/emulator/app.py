@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import parse_qs
 
 import orjson
 from aiohttp import web
 
 from .formats import clamp_timeout, encode_query, js_number, js_number_str, parse_job_response
-from .recipe import Customer, Task, load_recipe
+from .recipe import Customer, Member, Task, access_level, load_recipe
 from .runner import cancel_job, kill_all, start_job
 from .state import EmulatorState, Fault, Job
 
@@ -22,14 +24,39 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass(frozen=True)
 class EmulatorSettings:
+    """How the emulator behaves; the defaults are the supervisor's (theeye-supervisor 4.15.3).
+
+    ``autoremove_limit``: every create keeps the newest N jobs of its task and deletes the
+    older finished ones (``removeExceededJobsCountByTask``, core/service/job/index.js; N is the
+    task's ``autoremove_completed_jobs_limit``, default 5 in core/entity/task/base-properties.js
+    and ``JOBS_LOG_COUNT_LIMIT`` in core/constants/jobs.js); None keeps every job.
+
+    ``notifications``: a held ``/job/{id}/result`` wakes when its job finishes. The supervisor
+    only learns it from the ``{customer_id}:job-finished:{job_id}`` Redis message that TheEye's
+    gateway publishes (core/controllers/job/result.js ``waitJobResult``) after the supervisor
+    posted the event to it (``emitJobFinishedNotification``, core/service/job/index.js); False
+    is a supervisor whose gateway does not publish where it subscribes: a poll holds its whole
+    timeout. ``notification_delay`` (seconds) is how long that round trip takes.
+    """
+
     recipe: pathlib.Path | None = None
     min_timeout: float = 10.0
     max_timeout: float = 60.0
     read_once: bool = False
+    autoremove_limit: int | None = 5
+    notifications: bool = True
+    notification_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_timeout <= self.max_timeout:
             raise ValueError("need 0 <= min_timeout <= max_timeout")
+        limit = self.autoremove_limit
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise ValueError("autoremove_limit must be an integer or None")
+        if limit is not None and limit < 1:
+            raise ValueError("autoremove_limit must be at least 1 (None: keep every job)")
+        if not self.notification_delay >= 0:
+            raise ValueError("notification_delay must be >= 0")
 
 
 STATE_KEY = web.AppKey("emulator_state", EmulatorState)
@@ -46,16 +73,26 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
 
 
 class ErrorAnswer(Exception):
-    """Raised by handlers; the middleware turns it into the JSON error answer."""
+    """Raised by handlers; the middleware turns it into the JSON error answer: ``body`` when
+    given (the supervisor's ``res.send(status, 'text')``), else ``{"statusCode", "message"}``."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
+        self.body = body
 
     def response(self) -> web.Response:
-        body = {"statusCode": self.status, "message": self.message}
+        body = self.body
+        if body is None:
+            body = {"statusCode": self.status, "message": self.message}
         return json_response(self.status, body, self.headers)
 
 
@@ -67,24 +104,119 @@ def fail(status: int, message: str, **headers: str) -> ErrorAnswer:
 # -- auth and lookups -------------------------------------------------------------------------
 
 
-def _token(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.query.get("access_token") or None
+def _unauthorized() -> ErrorAnswer:
+    return fail(401, "Unauthorized", **{"WWW-Authenticate": 'Bearer realm="Users"'})
 
 
-def _authenticate(request: web.Request) -> Customer:
+def _body_token(request: web.Request, raw: bytes) -> Any:
+    """``req.body.access_token`` as restify's bodyParser leaves it: a form field, or a key of
+    a JSON object body (any other content type is read as JSON too, as the create does)."""
+    if not raw.strip():
+        return None
+    if request.content_type == "application/x-www-form-urlencoded":
+        form = parse_qs(raw.decode("utf-8", "replace"))
+        values = form.get("access_token", [])
+        return values[0] if len(values) == 1 else values or None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return body.get("access_token") if isinstance(body, dict) else None
+
+
+async def _bearer_token(request: web.Request) -> str | None:
+    """passport-http-bearer's ``Strategy.authenticate`` (lib/strategy.js), which the
+    supervisor's ``bearerMiddleware`` (core/lib/auth/index.js) answers 401 ``Unauthorized`` on
+    any failure: an ``Authorization`` header that is not two space-separated parts fails; a
+    ``Bearer`` one gives the token; then the body's ``access_token`` and then the query's —
+    a second credential (truthy, as JavaScript says) fails whatever its value."""
+    token: Any = None
+    authorization = request.headers.get("Authorization")
+    if authorization:
+        parts = authorization.split(" ")
+        if len(parts) != 2:
+            raise _unauthorized()
+        if parts[0].lower() == "bearer":
+            token = parts[1]
+    for found in (_body_token(request, await request.read()), _query_token(request)):
+        if found:
+            if token:
+                raise _unauthorized()
+            token = found
+    return token if isinstance(token, str) and token else None
+
+
+def _query_token(request: web.Request) -> Any:
+    values = request.query.getall("access_token", [])
+    return values[0] if len(values) == 1 else values or None  # qs: repeated keys → an array
+
+
+async def _authenticate(request: web.Request) -> tuple[Customer, Member]:
+    """The caller's organization and member; 401 without a known token, 403 when the path
+    names another customer."""
     state = request.app[STATE_KEY]
-    token = _token(request)
-    customer = state.recipe.customer_for_token(token) if token else None
-    if customer is None:
-        raise fail(401, "Unauthorized", **{"WWW-Authenticate": 'Bearer realm="Users"'})
+    token = await _bearer_token(request)
+    found = state.recipe.caller_for_token(token) if token else None
+    if found is None:
+        raise _unauthorized()
+    customer, member = found
     path_customer = request.match_info.get("customer")
     if path_customer is not None and path_customer != customer.name:
         raise fail(403, "forbidden. you don't belong to this organization")
-    return customer
+    return customer, member
+
+
+def _require_role(member: Member, role: str) -> None:
+    """``router.requireCredential`` (core/router/require-credential.js)."""
+    if access_level(member.role) < access_level(role):
+        raise ErrorAnswer(403, "forbidden", body="forbidden")
+
+
+def _permissions(member: Member) -> list[str]:
+    """``ACL.buildPermissions`` (core/lib/acl.js): the role, the email, the tags ``k:v``.
+    A missing email is JavaScript's ``undefined``, in a template string ``"undefined"``."""
+    return [member.role, member.email if member.email is not None else "undefined", *member.tags]
+
+
+def _allowed(member: Member, acl: list[Any]) -> bool:
+    """``ACL.ensureAllowed`` (core/lib/acl.js) exactly as written: admins and above pass; an
+    empty ``acl`` fails; otherwise it stops at the first permission that is NOT in the acl
+    and passes — so a member passes unless the acl is empty or holds every one of its
+    permissions (the check reads inverted, but this is what the supervisor runs)."""
+    if member.is_admin:
+        return True
+    if not acl:
+        return False
+    return any(value not in acl for value in _permissions(member))
+
+
+async def _ensure_allowed(request: web.Request, member: Member, acl: list[Any]) -> None:
+    """``router.ensureAllowed`` (core/router/ensure-allowed.js) calls ``ACL.ensureAllowed``
+    inside a promise's ``then`` with no ``catch``: the ForbiddenError becomes an unhandled
+    rejection (logged in production, core/main.js) and the request is never answered."""
+    if not _allowed(member, acl):
+        await hang(request.app[STATE_KEY])
+
+
+def _listed(member: Member, acl: list[Any]) -> bool:
+    """``router.dbFilter`` (core/router/db-filter.js) for credentials below admin (core/router/
+    ensure-permissions.js): ``where.acl = {$in: [/^permission$/i, …]}`` — a job is listed only
+    when its ``acl`` holds the member's role, email or one of its tags, case-insensitively."""
+    if member.is_admin:
+        return True
+    wanted = {p.lower() for p in _permissions(member)}
+    return any(isinstance(a, str) and a.lower() in wanted for a in acl)
+
+
+async def hang(state: EmulatorState) -> NoReturn:
+    """Never answer (the client gives up, or the server's shutdown closes the connection)."""
+    state.event("hung")
+    state.hanging += 1
+    try:
+        await asyncio.get_running_loop().create_future()
+    finally:
+        state.hanging -= 1
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _check_secret(given: str, expected: str) -> None:
@@ -92,8 +224,17 @@ def _check_secret(given: str, expected: str) -> None:
         raise fail(403, "invalid secret")
 
 
+OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
+
+
 def _job(request: web.Request, customer: Customer | None) -> Job:
-    job = request.app[STATE_KEY].jobs.get(request.match_info["job"])
+    """``router.resolve.idToEntity({param: 'job', required: true})`` (core/router/
+    param-resolver.js): an id that is not a MongoId (24 hex characters) answers 400 ``"job id
+    is invalid"``; an unknown one 404."""
+    job_id = request.match_info["job"]
+    if not OBJECT_ID.fullmatch(job_id):
+        raise ErrorAnswer(400, "job id is invalid", body="job id is invalid")
+    job = request.app[STATE_KEY].jobs.get(job_id.lower())
     if job is None:
         raise fail(404, "job not found")
     if customer is not None and job.customer.name != customer.name:
@@ -101,9 +242,9 @@ def _job(request: web.Request, customer: Customer | None) -> Job:
     return job
 
 
-def _body_arguments(raw: bytes) -> tuple[list[Any], bool]:
-    if not raw.strip():
-        return [], False
+def _body_arguments(request: web.Request, raw: bytes) -> tuple[list[Any], bool]:
+    if not raw.strip() or request.content_type == "application/x-www-form-urlencoded":
+        return [], False  # a form carries no JSON arguments (its access_token is a credential)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -123,6 +264,7 @@ def _body_arguments(raw: bytes) -> tuple[list[Any], bool]:
 
 async def create_job(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
+    settings = request.app[SETTINGS_KEY]
     secret = request.match_info.get("secret")
     task_id = request.match_info["task"]
     task: Task | None
@@ -133,15 +275,19 @@ async def create_job(request: web.Request) -> web.Response:
         _check_secret(secret, task.secret)
         origin = "secret"
     else:
-        customer = _authenticate(request)
+        customer, member = await _authenticate(request)
+        _require_role(member, "user")  # core/controllers/task/job.js
         task = state.recipe.tasks.get(task_id)
         if task is None or task.customer != customer.name:
             raise fail(404, "task not found")
+        await _ensure_allowed(request, member, list(task.acl))
         origin = "user"
-    args, body_wait = _body_arguments(await request.read())
+    args, body_wait = _body_arguments(request, await request.read())
     job = state.new_job(task, args, origin)
     body = orjson.dumps(job.doc)  # snapshot: lifecycle "ready", before the job runs
     start_job(state, job, args)
+    if settings.autoremove_limit is not None:
+        state.autoremove(task.id, settings.autoremove_limit)
     query = request.query
     if query.get("wait_result") == "true" or body_wait:
         updates = {
@@ -175,37 +321,59 @@ def _answer(request: web.Request, job: Job) -> web.Response:
     return json_response(formatted.status, formatted.body, headers)
 
 
+async def _notified(job: Job, timeout: float, settings: EmulatorSettings) -> bool:
+    """``waitJobResult`` (core/controllers/job/result.js): True when the job-finished message
+    arrives within ``timeout``, False when the timer fires first. Without notifications no
+    message comes: the request is held for the whole timeout."""
+    if not settings.notifications:
+        await asyncio.sleep(timeout)
+        return False
+    try:
+        async with asyncio.timeout(timeout):
+            await job.done.wait()
+            if settings.notification_delay:
+                await asyncio.sleep(settings.notification_delay)
+    except TimeoutError:
+        return False
+    return True
+
+
 async def job_result(request: web.Request) -> web.Response:
-    """The supervisor's ``resultPolling``."""
+    """The supervisor's ``resultPolling`` (core/controllers/job/result.js)."""
     settings = request.app[SETTINGS_KEY]
+    state = request.app[STATE_KEY]
     secret = request.match_info.get("secret")
     if secret is not None:
         job = _job(request, None)
         _check_secret(secret, job.secret)
     else:
-        job = _job(request, _authenticate(request))
+        customer, member = await _authenticate(request)
+        job = _job(request, customer)
+        await _ensure_allowed(request, member, job.doc["acl"])
     if job.finished:
         return _answer(request, job)
     query = request.query
     timeout = clamp_timeout(query.get("timeout"), settings.min_timeout, settings.max_timeout)
-    try:
-        async with asyncio.timeout(timeout):
-            await job.done.wait()
-    except TimeoutError:
+    if not await _notified(job, timeout, settings):
+        # the timer fired: 408 or 303 whatever the job did meanwhile (no message, no re-read)
         if query.get("limit") == query.get("counter"):
             return json_response(408, "Request Timeout")
         counter = js_number(query.get("counter"))
         updates = {"counter": "0" if counter != counter else js_number_str(counter + 1)}
         location = f"{_result_path(job, secret is not None)}?{encode_query(query.items(), updates)}"
         return json_response(303, {}, {"Location": location})
-    current = request.app[STATE_KEY].jobs.get(job.id)
+    current = state.jobs.get(job.id)
     if current is None:
-        raise fail(404, "Job result is no longer available")
+        # Job.findById(...).then(job => { if (!job) throw new ClientError(…) }) with no catch
+        # (and ClientError not even imported there): the answer never comes.
+        await hang(state)
     return _answer(request, current)
 
 
 async def get_job(request: web.Request) -> web.Response:
-    job = _job(request, _authenticate(request))
+    customer, member = await _authenticate(request)
+    job = _job(request, customer)
+    await _ensure_allowed(request, member, job.doc["acl"])
     body = orjson.dumps(job.doc)
     if request.app[SETTINGS_KEY].read_once and job.finished:
         request.app[STATE_KEY].forget(job)
@@ -225,36 +393,56 @@ def _query_list(request: web.Request, name: str) -> list[str]:
     return [v for item in values for v in item.split(",") if v]
 
 
+def _castable_object_id(value: str) -> bool:
+    """What Mongoose 5 (bson 1.x ``ObjectID``) casts: 24 hex characters, or any 12."""
+    return bool(OBJECT_ID.fullmatch(value)) or len(value) == 12
+
+
 async def list_jobs(request: web.Request) -> web.Response:
-    """``GET /{customer}/job``: the customer's jobs, filtered like the supervisor's dbFilter
-    (``where[_id][$in][]=…``, ``where[lifecycle][$in][]=…``, ``limit``), without the heavy
-    fields."""
-    customer = _authenticate(request)
-    ids = set(_query_list(request, "where[_id][$in]"))
+    """``GET /{customer}/job`` (core/controllers/job/crud.js ``fetch``): the customer's jobs
+    filtered like the supervisor's dbFilter (``where[_id][$in][]=…``,
+    ``where[lifecycle][$in][]=…``, ``limit``), without the heavy fields; below admin, only the
+    jobs whose ``acl`` names the member (``_listed``). An agent token gets the agent's queue
+    instead, which needs a registered host: 400 ``"host is required"``. An ``_id`` Mongoose
+    cannot cast fails the query: 500 ``"Internal Server Error"`` (``res.sendError``)."""
+    state = request.app[STATE_KEY]
+    customer, member = await _authenticate(request)
+    if member.role == "agent":
+        return json_response(400, "host is required")
+    asked = _query_list(request, "where[_id][$in]")
+    if not all(_castable_object_id(i) for i in asked):
+        return json_response(500, "Internal Server Error")
+    ids = {i.lower() for i in asked}  # a 12-character id casts to one no job has
     lifecycles = set(_query_list(request, "where[lifecycle][$in]"))
     limit = int(request.query.get("limit") or 0) or None
     found = []
-    for job in request.app[STATE_KEY].jobs.values():
+    hidden = 0
+    for job in state.jobs.values():
         doc = job.doc
         if doc.get("customer_name") != customer.name:
             continue
-        if (ids and doc["id"] not in ids) or (lifecycles and doc["lifecycle"] not in lifecycles):
+        if (asked and doc["id"] not in ids) or (lifecycles and doc["lifecycle"] not in lifecycles):
+            continue
+        if not _listed(member, doc["acl"]):
+            hidden += 1
             continue
         found.append({k: v for k, v in doc.items() if k not in LIST_EXCLUDED})
         if limit is not None and len(found) >= limit:
             break
+    state.event("list_hidden", hidden)
     return web.Response(status=200, body=orjson.dumps(found), content_type="application/json")
 
 
 async def cancel(request: web.Request) -> web.Response:
-    customer = _authenticate(request)
+    """``PUT /{customer}/job/{id}/cancel`` (core/controllers/job/lifecycle.js): the dispatcher's
+    ``cancel`` reports its errors to a callback the controller never passes, so the answer is
+    always 204 — a finished job simply stays as it is (``cancel_job``)."""
+    customer, member = await _authenticate(request)
     job = _job(request, customer)
-    if job.finished:
-        lifecycle = job.doc["lifecycle"]
-        message = f'cannot cancel job. current state lifecycle "{lifecycle}"'
-        raise fail(400, message + " does not allow the transition")
-    cancel_job(job, {"email": None, "id": customer.id, "username": customer.name})
-    return json_response(200, "ok")
+    await _ensure_allowed(request, member, job.doc["acl"])
+    who = {"email": member.email, "id": customer.id, "username": member.username or customer.name}
+    cancel_job(job, who)
+    return web.Response(status=204)
 
 
 # -- /_emulator controls ----------------------------------------------------------------------
@@ -387,6 +575,6 @@ def create_emulator_app(settings: EmulatorSettings) -> web.Application:
 async def shutdown_jobs(state: EmulatorState) -> None:
     """Kill running subprocesses and timers and wait for their runner tasks."""
     kill_all(state)
-    runners = [j.runner for j in state.jobs.values() if j.runner is not None]
+    runners = list(state.runners)
     if runners:
         await asyncio.gather(*runners, return_exceptions=True)

@@ -26,11 +26,47 @@ def _is_hex(value: str, length: int) -> bool:
     return len(value) == length and all(c in "0123456789abcdef" for c in value)
 
 
+# The supervisor's credentials, lowest first (core/lib/acl.js); "admin" and above see everything.
+ROLES = ("viewer", "user", "agent", "manager", "admin", "integration", "owner", "root")
+
+
+def access_level(role: str) -> int:
+    """``ACL.accessLevel``: the role's rank, -1 for an unknown one."""
+    return ROLES.index(role) if role in ROLES else -1
+
+
+@dataclass(frozen=True)
+class Member:
+    """A token of a member of the organization with its own role (``credential``) and email.
+
+    The customer's plain ``tokens`` are members with role ``admin`` and no email."""
+
+    token: str
+    role: str = "admin"
+    email: str | None = None
+    username: str | None = None
+    tags: tuple[str, ...] = ()  # "key:value", as the member's tags {k, v}
+
+    @property
+    def is_admin(self) -> bool:
+        return access_level(self.role) >= access_level("admin")
+
+
 @dataclass(frozen=True)
 class Customer:
     name: str
     id: str
     tokens: tuple[str, ...]
+    members: tuple[Member, ...] = ()
+
+    def member(self, token: str) -> Member | None:
+        """Who ``token`` is in this organization (a plain token is an admin), or None."""
+        for member in self.members:
+            if member.token == token:
+                return member
+        if token in self.tokens:
+            return Member(token=token)
+        return None
 
 
 @dataclass(frozen=True)
@@ -47,6 +83,7 @@ class Task:
     output: str = '{"ok":true}'
     state: str | None = None
     description: str = ""
+    acl: tuple[str, ...] = ()  # the task's viewers (emails), copied to its jobs' ``acl``
 
     @property
     def script_id(self) -> str:
@@ -60,9 +97,15 @@ class Recipe:
     tasks: dict[str, Task] = field(default_factory=dict)
 
     def customer_for_token(self, token: str) -> Customer | None:
+        found = self.caller_for_token(token)
+        return found[0] if found is not None else None
+
+    def caller_for_token(self, token: str) -> tuple[Customer, Member] | None:
+        """The organization and member a token authenticates, or None."""
         for customer in self.customers.values():
-            if token in customer.tokens:
-                return customer
+            member = customer.member(token)
+            if member is not None:
+                return customer, member
         return None
 
 
@@ -78,6 +121,34 @@ def _num(table: dict[str, Any], key: str, where: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise RecipeError(f"{where}: '{key}' must be a non-negative number")
     return float(value)
+
+
+def _strings(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    values = table.get(key, [])
+    if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+        raise RecipeError(f"{where}: '{key}' must be a list of strings")
+    return tuple(values)
+
+
+def _members(table: dict[str, Any], where: str) -> tuple[Member, ...]:
+    raw = table.get("members", [])
+    if not isinstance(raw, list):
+        raise RecipeError(f"{where}: 'members' must be an array of tables")
+    members = []
+    for index, item in enumerate(raw):
+        at = f"{where}.members[{index}]"
+        if not isinstance(item, dict):
+            raise RecipeError(f"{at} must be a table")
+        role = _str(item, "role", at, "viewer")
+        if role not in ROLES:
+            raise RecipeError(f"{at}: 'role' must be one of {', '.join(ROLES)}")
+        email = item.get("email")
+        if email is not None and not isinstance(email, str):
+            raise RecipeError(f"{at}: 'email' must be a string")
+        tags = tuple(t.lower() for t in _strings(item, "tags", at))
+        username = _str(item, "username", at, email or role)
+        members.append(Member(_str(item, "token", at), role, email, username, tags))
+    return tuple(members)
 
 
 def load_recipe(path: pathlib.Path | None = None) -> Recipe:
@@ -96,11 +167,10 @@ def load_recipe(path: pathlib.Path | None = None) -> Recipe:
         where = f"customers.{name}"
         if not isinstance(table, dict):
             raise RecipeError(f"{where} must be a table")
-        tokens = table.get("tokens", [])
-        if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
-            raise RecipeError(f"{where}: 'tokens' must be a list of strings")
+        tokens = _strings(table, "tokens", where)
         cid = _str(table, "id", where, derived_id("customer", name))
-        customers[name] = Customer(name=name, id=cid, tokens=tuple(tokens))
+        members = _members(table, where)
+        customers[name] = Customer(name=name, id=cid, tokens=tokens, members=members)
     tasks: dict[str, Task] = {}
     raw_tasks = data.get("tasks", [])
     if not isinstance(raw_tasks, list):
@@ -144,5 +214,6 @@ def load_recipe(path: pathlib.Path | None = None) -> Recipe:
             output=_str(table, "output", where, '{"ok":true}'),
             state=state,
             description=_str(table, "description", where, ""),
+            acl=_strings(table, "acl", where),
         )
     return Recipe(path=path, customers=customers, tasks=tasks)

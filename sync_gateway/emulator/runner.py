@@ -102,7 +102,10 @@ def start_job(state: EmulatorState, job: Job, args: list[Any]) -> None:
                     delay = candidate
         job.timer = loop.call_later(delay, _finish_fixed, job, started)
     else:
-        job.runner = asyncio.create_task(_run_script(state, job, args), name=f"job-{job.id}")
+        runner = asyncio.create_task(_run_script(state, job, args), name=f"job-{job.id}")
+        job.runner = runner
+        state.runners.add(runner)  # awaited at shutdown even if the job was deleted meanwhile
+        runner.add_done_callback(state.runners.discard)
 
 
 def _finish_fixed(job: Job, started: float) -> None:
@@ -194,14 +197,25 @@ async def _run_script(state: EmulatorState, job: Job, args: list[Any]) -> None:
     _finish_from_lastline(job, lastline, log, code, started, None)
 
 
-def cancel_job(job: Job, who: dict[str, Any]) -> None:
-    """Cancel an unfinished job: kill its process or timer; state and lifecycle ``canceled``."""
+# cancelJobNextLifecycle (core/service/job/index.js): a job not started yet is canceled, a
+# running one terminated; any other lifecycle (a finished job) does not allow the transition.
+CANCEL_LIFECYCLES = {"ready": "canceled", "onhold": "canceled", "assigned": "terminated"}
+
+
+def cancel_job(job: Job, who: dict[str, Any]) -> bool:
+    """The supervisor's ``jobDispatcher.cancel``: state ``canceled``, lifecycle ``canceled``
+    (ready) or ``terminated`` (assigned, i.e. running); kills its process or timer. A job whose
+    lifecycle allows no cancel is left alone: False."""
+    lifecycle = CANCEL_LIFECYCLES.get(job.doc["lifecycle"])
+    if lifecycle is None:
+        return False
     if job.timer is not None:
         job.timer.cancel()
         job.timer = None
     _kill(job)
     result = {"user": who, "output": [who]}
-    job.finish("canceled", "canceled", [orjson.dumps(who).decode()], result)
+    job.finish("canceled", lifecycle, [orjson.dumps(who).decode()], result)
+    return True
 
 
 def kill_all(state: EmulatorState) -> None:

@@ -8,6 +8,7 @@ import os
 import secrets
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,10 @@ import orjson
 from .recipe import Customer, Recipe, Task, derived_id
 
 FINAL_LIFECYCLES = frozenset({"finished", "completed", "terminated", "canceled", "expired"})
+# What autoremove never deletes (service/job/index.js removeExceededJobsCountByTask).
+KEPT_LIFECYCLES = frozenset({"locked", "syncing", "ready", "assigned", "onhold"})
 ROUTE_KINDS = ("create", "result", "job", "list", "cancel")
+EVENT_KINDS = ("autoremoved", "hung", "list_hidden")
 FAULT_ACTIONS = frozenset({"status", "reset", "reset_after_create", "garbage", "slow"})
 
 _counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
@@ -50,6 +54,8 @@ class Job:
     process: asyncio.subprocess.Process | None = None
     runner: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
+    on_finish: Callable[[Job], None] | None = None
+    seq: int = 0  # creation order
 
     @property
     def id(self) -> str:
@@ -81,6 +87,8 @@ class Job:
             self.timer.cancel()
             self.timer = None
         self.done.set()
+        if self.on_finish is not None:
+            self.on_finish(self)
 
 
 @dataclass
@@ -140,8 +148,19 @@ class EmulatorState:
         self.per_job: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.faults_consumed = 0
         self.closing = False  # set by kill_all(): runners kill what they spawn
+        self.runners: set[asyncio.Task[None]] = set()  # script runners still going
+        self.hanging = 0  # long polls that will never be answered, still open
+        self._seq = itertools.count(1)  # jobs' creation order
+        # Per task: every job in creation order (the order of their ObjectIds), and the
+        # finished ones autoremove may delete.
+        self.by_task: defaultdict[str, dict[str, Job]] = defaultdict(dict)
+        self.finished_by_task: defaultdict[str, dict[str, Job]] = defaultdict(dict)
 
     # -- counters -------------------------------------------------------------------
+    def event(self, kind: str, n: int = 1) -> None:
+        """Count something the supervisor did on its own (``EVENT_KINDS``)."""
+        self.counts[kind] += n
+
     def count(self, kind: str | None, job_id: str | None) -> None:
         self.counts["total"] += 1
         if kind in ROUTE_KINDS:
@@ -157,6 +176,8 @@ class EmulatorState:
         }
         out["jobs"] = len(self.jobs)
         out["running"] = sum(1 for j in self.jobs.values() if not j.finished)
+        out.update({k: self.counts[k] for k in EVENT_KINDS})
+        out["hanging"] = self.hanging
         return out
 
     def reset_stats(self) -> None:
@@ -183,9 +204,35 @@ class EmulatorState:
         return self.timings.get(job_id)
 
     def forget(self, job: Job) -> None:
-        """Drop a job (read_once retention); its timing stays available."""
+        """Drop a job (read_once retention, autoremove); its timing stays available."""
         self.timings[job.id] = (job.created_at, job.finished_at)
         self.jobs.pop(job.id, None)
+        self.by_task[job.task.id].pop(job.id, None)
+        self.finished_by_task[job.task.id].pop(job.id, None)
+
+    def _finished(self, job: Job) -> None:
+        if job.id in self.jobs:
+            self.finished_by_task[job.task.id][job.id] = job
+
+    def autoremove(self, task_id: str, limit: int) -> list[str]:
+        """``removeExceededJobsCountByTask`` (core/service/job/index.js), run on every create
+        of the task: when the task has more than ``limit`` jobs, the newest ``limit`` of them
+        (by ``_id``, whatever their lifecycle, the new one included) are kept and every older
+        one that is not ready/assigned/onhold/syncing/locked is deleted. The ids deleted."""
+        jobs = self.by_task.get(task_id)
+        if not jobs or len(jobs) <= limit:
+            return []
+        # the limit-th newest job; deleting "_id < lastDoc._id" is deleting older ones
+        *_, cutoff = itertools.islice(reversed(jobs.values()), limit)
+        older = [
+            job
+            for job in self.finished_by_task[task_id].values()
+            if job.seq < cutoff.seq and job.doc["lifecycle"] not in KEPT_LIFECYCLES
+        ]
+        for job in older:
+            self.forget(job)
+        self.event("autoremoved", len(older))
+        return [job.id for job in older]
 
     def new_job(self, task: Task, args: list[Any], origin: str) -> Job:
         customer = self.recipe.customers[task.customer]
@@ -199,7 +246,7 @@ class EmulatorState:
             "assigned_users": [],
             "user_inputs": False,
             "user_inputs_members": [],
-            "acl": [],
+            "acl": list(task.acl),
             "empty_viewers": False,
             "acl_dynamic": False,
             "cancellable": True,
@@ -243,5 +290,8 @@ class EmulatorState:
             "user": {},
         }
         job = Job(doc=doc, task=task, customer=customer, created_at=time.time())
+        job.seq = next(self._seq)
+        job.on_finish = self._finished
         self.jobs[job_id] = job
+        self.by_task[task.id][job_id] = job
         return job

@@ -211,7 +211,7 @@ async def test_wait_result_body_and_408_at_limit(
     async with http.get(base + "&counter=abc", allow_redirects=False) as resp:
         assert resp.headers["Location"].endswith("&counter=0")
     async with http.put(f"{emu.url}/demo/job/{job_id}/cancel?access_token={TOKEN}") as resp:
-        assert resp.status == 200
+        assert resp.status == 204
 
 
 async def test_instant_job_answers_after_redirect(
@@ -290,16 +290,22 @@ async def test_auth_errors(emu: EmulatorServer, http: aiohttp.ClientSession) -> 
 
 
 async def test_cancel(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
+    """The supervisor answers every cancel 204; a running (assigned) job is terminated."""
     doc = await create(http, emu, SLOW_TASK, [30])
+    job = emu.state.jobs[doc["id"]]
+    for _ in range(500):
+        if job.doc["lifecycle"] == "assigned":
+            break
+        await asyncio.sleep(0.01)
     cancel_url = f"{emu.url}/demo/job/{doc['id']}/cancel?access_token={TOKEN}"
     async with http.put(cancel_url) as resp:
-        assert resp.status == 200 and await resp.json() == "ok"
+        assert resp.status == 204 and await resp.read() == b""
     status, body, _ = await result(http, emu, doc["id"], "full")
     full = orjson.loads(body)
-    assert status == 500 and (full["state"], full["lifecycle"]) == ("canceled", "canceled")
-    async with http.put(cancel_url) as resp:
-        assert resp.status == 400
-    job = emu.state.jobs[doc["id"]]
+    assert status == 500 and (full["state"], full["lifecycle"]) == ("canceled", "terminated")
+    async with http.put(cancel_url) as resp:  # finished: nothing changes, still 204
+        assert resp.status == 204
+    assert job.doc["lifecycle"] == "terminated"
     if job.runner is not None:
         await asyncio.wait_for(job.runner, 10)  # the process was killed, the runner ends
     assert job.process is None
@@ -478,9 +484,13 @@ async def test_stats(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
         assert resp.status == 404
 
 
-async def test_many_concurrent_delay_jobs(emu: EmulatorServer, http: aiohttp.ClientSession) -> None:
+async def test_many_concurrent_delay_jobs(http: aiohttp.ClientSession) -> None:
     connector = aiohttp.TCPConnector(limit=200)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    # 2000 jobs of one task: the supervisor's autoremove would delete finished ones unread
+    async with (
+        EmulatorServer(settings(autoremove_limit=None)) as emu,
+        aiohttp.ClientSession(connector=connector) as session,
+    ):
         docs = await asyncio.gather(*(create(session, emu, DELAY_TASK, [0.3]) for _ in range(2000)))
         answers = await asyncio.gather(*(result(session, emu, d["id"]) for d in docs))
     assert len({d["id"] for d in docs}) == 2000
