@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 import aiohttp
 import pytest
 from conftest import DELAY_TASK, HELLO_TASK, INSTANT_TASK, OTHER_TOKEN, SLOW_TASK, TOKEN
-from helpers import call, stats
+from support.helpers import call, stats
 
 from sync_gateway.emulator import BUNDLED_RECIPE, EmulatorServer, EmulatorSettings
 
