@@ -26,6 +26,15 @@ log = structlog.get_logger("sync_gateway.upstream.theeye")
 _FINAL = sorted(FINAL_LIFECYCLES)
 
 
+def listing_params(ids: list[str], query: dict[str, str]) -> list[tuple[str, str]]:
+    """The query of one listing: which of ``ids`` are in a final lifecycle. With at most
+    ``upstream.list_batch`` (200) ids it stays under the supervisor's limits: qs keeps 1,000
+    parameters, Node refuses a request head past 16 KiB."""
+    params = [("where[_id][$in][]", job_id) for job_id in ids]
+    params += [("where[lifecycle][$in][]", lifecycle) for lifecycle in _FINAL]
+    return params + list(query.items())
+
+
 def _settle(future: asyncio.Future[bool | None], value: bool | None) -> None:
     if not future.done():
         future.set_result(value)
@@ -101,9 +110,7 @@ class BatchWatcher:
     async def _list(self, key: tuple[str, bytes], group: _Group, ids: list[str]) -> list[str]:
         """Which of ``ids`` have finished, by one listing; [] when it cannot tell now."""
         query, headers = group.credentials.forwarded()
-        params = [("where[_id][$in][]", job_id) for job_id in ids]
-        params += [("where[lifecycle][$in][]", lifecycle) for lifecycle in _FINAL]
-        params += list(query.items())
+        params = listing_params(ids, query)
         url = f"{self.base}/{quote(group.customer, safe='')}/job"
         try:
             resp = await self.client.request("list", "GET", url, params=params, headers=headers)
