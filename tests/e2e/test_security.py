@@ -7,14 +7,16 @@ import asyncio
 import json
 import socket
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
-from conftest import CUSTOMER, OTHER_TOKEN, SLOW_TASK, TOKEN, Gateway, route_gateway  # noqa: F401
+from conftest import CUSTOMER, OTHER_TOKEN, TOKEN, Gateway, started_gateway
 from support.helpers import call, eventually, stats
 
+from sync_gateway.config import load
 from sync_gateway.emulator import EmulatorServer
 from sync_gateway.web.keys import ENGINE
 
@@ -277,3 +279,33 @@ async def test_a_slow_request_head_is_cut(
     partial = b"GET /healthz HTTP/1.1\r\nHost: h\r\n"  # and never the blank line
     answer = await asyncio.to_thread(raw_exchange, port, partial, 8.0)
     assert answer == b""  # closed by the gateway within about header_timeout + a sweep
+
+
+async def test_only_the_creators_hang_up_cancels_with_cancel_on_disconnect(
+    emulator: EmulatorServer, cleanup: AsyncExitStack, http: aiohttp.ClientSession
+) -> None:
+    settings = load(None, {}, {"upstream": {"url": emulator.url}, "cancel_on_disconnect": True})
+    gw = await started_gateway(cleanup, settings)
+    url = f"{gw.url}/{CUSTOMER}/task/{DELAY_TASK}/job?{QUERY}"
+    _, _, resp = await call(http, "POST", url, json=[30], headers=RESPOND_ASYNC)
+    job_id = resp.headers["X-Job-Id"]
+    reattach = f"{gw.url}/job/{job_id}/result?customer={CUSTOMER}&access_token="
+
+    async def hang_up(token: str) -> None:
+        waiting = asyncio.ensure_future(
+            call(http, "GET", reattach + token, headers={"Prefer": "wait=30"})
+        )
+        await eventually(lambda: gw.app[ENGINE].waiter_count() == 1, "the re-attach to wait")
+        waiting.cancel()  # the client goes away
+        await eventually(lambda: gw.app[ENGINE].waiter_count() == 0, "the hang-up to be seen")
+
+    await hang_up(OPERATOR_TOKEN)  # another caller the upstream accepts: cancels nothing
+    await asyncio.sleep(0.2)
+    assert (await stats(http, emulator))["cancel"] == 0
+    assert emulator.state.jobs[job_id].doc["lifecycle"] not in ("terminated", "canceled")
+    await hang_up(TOKEN)  # the creator: cancelled, and the answer checked
+    await eventually(
+        lambda: emulator.state.jobs[job_id].doc["lifecycle"] in ("terminated", "canceled"),
+        "the job to be cancelled",
+    )
+    assert (await stats(http, emulator))["cancel"] == 1
