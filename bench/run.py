@@ -329,8 +329,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def stack(args: argparse.Namespace, bare: bool = False) -> AsyncIterator[Stack]:
-    """Start the emulator and the gateway (and the bare hop); always stop them all."""
+async def stack(
+    args: argparse.Namespace, bare: bool = False, workers: int | None = None
+) -> AsyncIterator[Stack]:
+    """Start the emulator and the gateway (and the bare hop); always stop them all.
+    ``workers``: the gateway's processes, if not ``--workers``."""
+    workers = workers or args.workers
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     gw_env = {
         **env,
@@ -347,14 +351,14 @@ async def stack(args: argparse.Namespace, bare: bool = False) -> AsyncIterator[S
     emu_cmd += ["--port", str(emu_port), "--min-timeout", "1"]
     gw_cmd = [*shlex.split(args.gateway_prefix), py, "-m", "sync_gateway", "serve"]
     gw_cmd += ["--host", "127.0.0.1", "--port", str(gw_port), "--upstream", emu_url]
-    gw_cmd += ["--workers", str(args.workers)]
+    gw_cmd += ["--workers", str(workers)]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(_spawn(emu_cmd, env, args.logs / "emulator.log"))
         await _wait_http(f"{emu_url}/_emulator/stats", procs[0], "the emulator")
         procs.append(_spawn(gw_cmd, gw_env, args.logs / "gateway.log"))
         await _wait_http(f"{gw_url}/healthz", procs[1], "the gateway")
-        await asyncio.sleep(0.5 * args.workers)  # every worker listening
+        await asyncio.sleep(0.5 * workers)  # every worker listening
         running = Stack(emu_url, gw_url, procs[1].pid, procs[0].pid)
         if bare:
             bare_port = free_port()
@@ -593,35 +597,49 @@ async def section_latency(args: argparse.Namespace, rows: list[list[str]]) -> No
 async def section_hold(args: argparse.Namespace, rows: list[list[str]]) -> None:
     seconds = args.hold_seconds
     title = f"3. clients waiting at once, {seconds:g}-s jobs"
-    for clients in args.hold:
-        async with stack(args) as st:
-            sampler = RssSampler(st.gateway_pid)
-            sampler.start()
-            started = time.monotonic()
-            try:
-                res = await phase(
-                    st,
-                    target="gateway",
-                    task=DELAY_TASK,
-                    body=f"[{seconds:g}]",
-                    clients=clients,
-                    processes=max(1, math.ceil(clients / HOLD_CLIENTS_PER_PROCESS)),
-                    record=True,
-                    headers={"Prefer": "wait=60"},
-                    timeout=seconds + 60,
-                )
-            finally:
-                peak = await sampler.stop()
-        # Every client is waiting in the last quarter before the jobs end.
-        waiting = sampler.peak_between(started + seconds * 0.7, started + seconds * 0.95)
+    runs = [(clients, args.workers) for clients in args.hold]
+    if args.hold_many:
+        runs.append((args.hold_many, args.hold_workers))
+    for clients, workers in runs:
+        peak, waiting, res = await _hold(args, clients, workers)
         lags = res["lags_ms"]
-        metric = f"{clients:,} clients: peak RSS MB (waiting); lag p50/p99 ms"
+        on = f", --workers {workers}" if workers > 1 else ""
+        metric = f"{clients:,} clients{on}: peak RSS MB (waiting); lag p50/p99 ms"
         value = f"{peak / 2**20:,.0f} ({waiting / 2**20:,.0f}); "
         value += f"{_pct(lags, 50):.0f} / {_pct(lags, 99):.0f}"
         rows.append([title, metric, value, _errors(res["errors"])])
         title = ""
         per = _per_call(res["stats"], res["calls"])
-        args.per_call.append((f"{seconds:g}-s jobs, {clients:,} at once, gateway", per))
+        args.per_call.append((f"{seconds:g}-s jobs, {clients:,} at once{on}, gateway", per))
+
+
+async def _hold(
+    args: argparse.Namespace, clients: int, workers: int
+) -> tuple[int, int, dict[str, Any]]:
+    """``clients`` waiting at once on one gateway (``workers`` processes): peak RSS of its
+    process tree, the peak while every client waits, and the phase's figures."""
+    seconds = args.hold_seconds
+    async with stack(args, workers=workers) as st:
+        sampler = RssSampler(st.gateway_pid)
+        sampler.start()
+        started = time.monotonic()
+        try:
+            res = await phase(
+                st,
+                target="gateway",
+                task=DELAY_TASK,
+                body=f"[{seconds:g}]",
+                clients=clients,
+                processes=max(1, math.ceil(clients / HOLD_CLIENTS_PER_PROCESS)),
+                record=True,
+                headers={"Prefer": "wait=60"},
+                timeout=seconds + 60,
+            )
+        finally:
+            peak = await sampler.stop()
+    # Every client is waiting in the last quarter before the jobs end.
+    waiting = sampler.peak_between(started + seconds * 0.7, started + seconds * 0.95)
+    return peak, waiting, res
 
 
 def print_table(args: argparse.Namespace, rows: list[list[str]]) -> None:
@@ -667,8 +685,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="gateway processes (serve --workers)")
     p.add_argument("--log-level", default="info", help="the gateway's log level (default info)")
     p.add_argument("--seconds", type=float, help="duration of sections 1 and 2")
-    p.add_argument("--hold", type=int, nargs="+", help="section 3 client counts")
+    p.add_argument(
+        "--hold", type=int, nargs="*", help="section 3 client counts (none: only --hold-many)"
+    )
     p.add_argument("--hold-seconds", type=float, help="section 3 job length")
+    p.add_argument(
+        "--hold-many",
+        type=int,
+        help="section 3: one more row, this many clients on --hold-workers processes (0: none)",
+    )
+    p.add_argument(
+        "--hold-workers", type=int, default=2, help="the gateway's processes for --hold-many"
+    )
     p.add_argument("--latency-clients", type=int, default=20)
     p.add_argument("--load-procs", type=int, default=1, help="load processes for section 1")
     p.add_argument(
@@ -705,11 +733,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.seconds = args.seconds or 5.0
-        args.hold = args.hold or [200, 1000]
+        args.hold = [200, 1000] if args.hold is None else args.hold
+        args.hold_many = 2000 if args.hold_many is None else args.hold_many
         args.hold_seconds = args.hold_seconds or 5.0
     else:
         args.seconds = args.seconds or 15.0
-        args.hold = args.hold or [1000, 5000, 10000]
+        args.hold = [1000, 5000, 10000] if args.hold is None else args.hold
+        args.hold_many = 20000 if args.hold_many is None else args.hold_many
         args.hold_seconds = args.hold_seconds or 20.0
     return args
 

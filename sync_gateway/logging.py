@@ -13,6 +13,7 @@ import functools
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -73,10 +74,22 @@ def _is_secret_name(name: str) -> bool:
 
 
 # Every pattern above needs one of these; most logged strings (ids, routes, event names)
-# have none, and one search is much cheaper than six substitutions.
+# have none, and looking for them is much cheaper than six substitutions.
 _MAYBE = re.compile(r"(?i)[=:@]|/secret/|bearer|basic")
 # Keys the gateway itself fills with values that never carry a credential.
 _SAFE_KEYS = frozenset({"level", "timestamp", "job_id", "route", "method", "status"})
+_SAFE_VALUES = (str, int)
+
+
+def _maybe_secret(text: str) -> bool:
+    """Whether ``text`` holds anything :data:`_PATTERNS` could match (as ``_MAYBE`` says)."""
+    if not text.isascii():
+        # (?i) folds some non-ASCII letters onto ASCII ones (U+017F onto s): the regex decides.
+        return _MAYBE.search(text) is not None
+    if "=" in text or ":" in text or "@" in text:
+        return True
+    lowered = text.lower()
+    return "/secret/" in lowered or "bearer" in lowered or "basic" in lowered
 
 
 # A URL: its userinfo and its query, whatever the parameters are called (key=, sig=,
@@ -96,7 +109,7 @@ def _mask_url(m: re.Match[str]) -> str:
 def scrub(text: str) -> str:
     """Mask credentials inside a free-form string (a URL, a path, an error message): every
     URL's userinfo and query values, and the credential patterns above anywhere."""
-    if not _MAYBE.search(text):
+    if not _maybe_secret(text):
         return text
     if "://" in text:
         text = _URL.sub(_mask_url, text)
@@ -127,14 +140,63 @@ def _clean(value: Any, depth: int = 0) -> Any:
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """The redaction processor: runs last before rendering."""
-    for key in list(event):
-        if key in _SAFE_KEYS and isinstance(event[key], str | int):
+    for key, value in event.items():  # values replaced in place: no key is added or removed
+        if key in _SAFE_KEYS and isinstance(value, _SAFE_VALUES):
             continue
-        if is_secret_key(key):
+        if _is_secret_name(str(key)):
             event[key] = MASK
-        else:
-            event[key] = _clean(event[key])
+        elif type(value) is str:
+            event[key] = scrub(value)
+        elif not isinstance(value, _PLAIN):
+            event[key] = _clean(value)
     return event
+
+
+class IsoTimeStamper:
+    """``timestamp``: the time in UTC, ISO 8601 with microseconds (``2026-11-30T12:00:00.123456Z``,
+    as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it), the date and the second
+    formatted once a second rather than through a datetime for every event."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> Any:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event
+
+
+class LineLogger:
+    """Writes each rendered event as one line and flushes it: bytes straight to a binary
+    stream (the JSON lines), or text to a text stream (a console, a test's StringIO).
+
+    One instance per stream, shared by every logger: nothing is built per event."""
+
+    def __init__(self, stream: Any) -> None:
+        binary = getattr(stream, "buffer", None)
+        self._binary = binary is not None
+        target = binary if binary is not None else stream
+        self._write = target.write
+        self._flush = target.flush
+
+    def msg(self, message: str | bytes) -> None:
+        if self._binary:
+            data = message if isinstance(message, bytes) else message.encode("utf-8", "replace")
+            self._write(data + b"\n")
+        else:
+            text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+            self._write(text + "\n")
+        self._flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
 
 
 def _renderer(console: bool) -> Any:
@@ -143,29 +205,36 @@ def _renderer(console: bool) -> Any:
         return structlog.dev.ConsoleRenderer(
             colors=False, exception_formatter=structlog.dev.plain_traceback
         )
-    return structlog.processors.JSONRenderer(serializer=_dumps)
+    # bytes, written as they are (no decode, no print): the JSON line is the hot path
+    return structlog.processors.JSONRenderer(serializer=_dumps_bytes)
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
-    """Configure structlog (and the standard library's loggers) once at start-up."""
+    """Configure structlog (and the standard library's loggers) once at start-up, before
+    anything is logged: loggers are assembled on first use and kept (the per-event cost of
+    rebuilding one is most of a log line's), so an event logged earlier would fix its logger
+    to structlog's defaults."""
     stream = stream if stream is not None else sys.stdout
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
     numeric = logging.getLevelNamesMapping()[level.upper()]
-    renderer = _renderer(console)
     # Tracebacks without local variables (format_exc_info): locals could hold credentials.
-    tail = [structlog.processors.format_exc_info, redact, renderer]
+    head: list[Any] = [structlog.processors.format_exc_info, redact]
+    line = LineLogger(stream)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            *tail,
+            IsoTimeStamper(),
+            *head,
+            _renderer(console),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
+        logger_factory=lambda *_: line,
+        cache_logger_on_first_use=True,
     )
-    _configure_stdlib(numeric, stream, tail)
+    # The standard library's formatter needs text: the same chain, rendered to str.
+    text = _renderer(console) if console else structlog.processors.JSONRenderer(_dumps)
+    _configure_stdlib(numeric, stream, [*head, text])
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -195,3 +264,7 @@ def _configure_stdlib(level: int, stream: Any, tail: list[Any]) -> None:
 
 def _dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
+
+
+def _dumps_bytes(obj: Any, **_: Any) -> bytes:
+    return orjson.dumps(obj, default=str)

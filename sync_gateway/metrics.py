@@ -12,6 +12,7 @@ keeps each worker's values in files there, and a scrape of any worker adds them 
 from __future__ import annotations
 
 import os
+from typing import Any, Self
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import choose_encoder
@@ -20,6 +21,40 @@ from prometheus_client.multiprocess import MultiProcessCollector
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 MAX_STATES = 16  # distinct job states before the rest are counted as "other"
+
+
+class _KeptChildren:
+    """A labelled metric that keeps the child of each label set it handed out: ``labels()``
+    is on every request's path (several times), and prometheus-client checks the names, turns
+    every value into a string and takes a lock each time. The label sets are bounded (see
+    the module's docstring), so is what is kept."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._kept: dict[tuple[Any, ...], Any] = {}
+
+    def labels(self, *values: Any, **named: Any) -> Self:
+        key = (values, *named.items())
+        child: Self | None = self._kept.get(key)
+        if child is None:
+            child = self._kept[key] = super().labels(*values, **named)  # type: ignore[misc]
+        return child
+
+    def remove(self, *values: Any) -> None:
+        self._kept.clear()
+        super().remove(*values)  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self._kept.clear()
+        super().clear()  # type: ignore[misc]
+
+
+class LabelledCounter(_KeptChildren, Counter):
+    """A Counter whose children are looked up once per label set."""
+
+
+class LabelledHistogram(_KeptChildren, Histogram):
+    """A Histogram whose children are looked up once per label set."""
 
 
 class BoundedLabelCounter:
@@ -52,13 +87,13 @@ class Metrics:
         # prometheus-client picked its value store from this variable at import: follow it.
         self.multiprocess_dir = multiprocess_dir or os.environ.get(MULTIPROC_ENV) or None
         r = self.registry
-        self.requests = Counter(
+        self.requests = LabelledCounter(
             "sync_gateway_requests",
             "Client requests answered, by route pattern and HTTP status",
             ["route", "status"],
             registry=r,
         )
-        self.wait_seconds = Histogram(
+        self.wait_seconds = LabelledHistogram(
             "sync_gateway_wait_seconds",
             "Time a client spent blocked on a job (outcome: finished or accepted)",
             ["outcome"],
@@ -66,7 +101,7 @@ class Metrics:
             registry=r,
         )
         self.jobs_finished = BoundedLabelCounter(
-            Counter(
+            LabelledCounter(
                 "sync_gateway_jobs_finished",
                 "Jobs seen finished, by final state",
                 ["state"],
@@ -80,13 +115,13 @@ class Metrics:
             "Answers 202 Accepted: the job goes on, the client re-attaches",
             registry=r,
         )
-        self.upstream_requests = Counter(
+        self.upstream_requests = LabelledCounter(
             "sync_gateway_upstream_requests",
             "Requests sent upstream, by kind and status (or connect_error, timeout, io_error)",
             ["kind", "status"],
             registry=r,
         )
-        self.upstream_retries = Counter(
+        self.upstream_retries = LabelledCounter(
             "sync_gateway_upstream_retries", "Upstream requests retried", ["kind"], registry=r
         )
         self.jobs_lost = Counter(

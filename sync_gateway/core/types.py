@@ -94,21 +94,29 @@ class JobRef:
 
 FINAL_LIFECYCLES = frozenset({"finished", "completed", "terminated", "canceled", "expired"})
 FINAL_STATES = frozenset({"success", "failure", "timeout", "canceled", "error"})
+COMPRESS_FROM = 2048  # bytes of JSON text from which a kept document is compressed
 
 
 class StoredDocument(Mapping[str, Any]):
-    """A job document kept as compressed JSON text, parsed when read.
+    """A job document kept as JSON text, compressed when it is large, parsed when read.
 
     A parsed job document costs some 5 KB of Python objects, its JSON text a third of that and
-    compressed a seventh: a store holding thousands of finished results keeps it so."""
+    compressed a seventh: a store holding thousands of finished results keeps it so. Below
+    :data:`COMPRESS_FROM` bytes of text, compressing (some 20 us a document, as much as a
+    log line) would save less than the kept entry's own bookkeeping takes (~1.6 KB): the text
+    is kept as it is."""
 
-    __slots__ = ("packed",)
+    __slots__ = ("compressed", "packed")
 
     def __init__(self, document: Mapping[str, Any]) -> None:
-        self.packed = zlib.compress(orjson.dumps(document), 1)
+        text = orjson.dumps(document)
+        self.compressed = len(text) >= COMPRESS_FROM
+        # orjson's output sits in a buffer of 16 KB or more: keep an exact-size copy.
+        self.packed = zlib.compress(text, 1) if self.compressed else bytes(memoryview(text))
 
     def load(self) -> dict[str, Any]:
-        value: dict[str, Any] = orjson.loads(zlib.decompress(self.packed))
+        text = zlib.decompress(self.packed) if self.compressed else self.packed
+        value: dict[str, Any] = orjson.loads(text)
         return value
 
     def __getitem__(self, key: str) -> Any:

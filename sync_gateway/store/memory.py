@@ -40,6 +40,7 @@ class MemoryStore:
         self._bytes = 0
         self._refs: OrderedDict[str, tuple[JobRef, bytes, float]] = OrderedDict()
         self._claims: OrderedDict[str, tuple[asyncio.Future[JobRef], float]] = OrderedDict()
+        self._published = (-1, -1)  # (results, bytes) last set on the gauges
 
     def _now(self) -> float:
         return time.monotonic()
@@ -64,8 +65,12 @@ class MemoryStore:
         self._bytes -= item.snapshot.size
 
     def _publish(self) -> None:
-        self.metrics.retained_results.set(len(self._results))
-        self.metrics.retained_bytes.set(self._bytes)
+        # Every store call ends here; the gauges are set only when what they show changed.
+        count, size = len(self._results), self._bytes
+        if (count, size) != self._published:
+            self._published = (count, size)
+            self.metrics.retained_results.set(count)
+            self.metrics.retained_bytes.set(size)
 
     async def get(self, key: str) -> Retained | None:
         self._expire()

@@ -1,0 +1,212 @@
+"""The fixed costs of every call, cut down (issue 17) without changing what they do: log lines,
+metric children, kept documents, the retained-results gauges, upstream timeouts, start-up GC."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import gc
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import orjson
+import pytest
+import structlog
+from conftest import gateway_settings
+
+from sync_gateway import cli
+from sync_gateway import logging as gw_logging
+from sync_gateway.core.types import COMPRESS_FROM, JobRef, Retained, Snapshot, StoredDocument
+from sync_gateway.metrics import Metrics
+from sync_gateway.store.memory import MemoryStore
+from sync_gateway.upstream.http import UpstreamClient
+
+PLANTED = "PLANTED-TOKEN-321"
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.getLogger("aiohttp.access").disabled = False
+
+
+# ---- log lines -----------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_json_lines_are_written_as_bytes_to_a_binary_stream_one_per_event() -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+    gw_logging.configure("info", "json", stream)
+    log = structlog.get_logger("t")
+    log.info("request", path=f"/x?access_token={PLANTED}", status=200)
+    log.debug("filtered_out")
+    logging.getLogger("aiohttp.server").error("Error handling /x?access_token=%s", PLANTED)
+    log.info("job_finished", job_id="j1", state="success")
+    stream.flush()
+    lines = [json.loads(line) for line in raw.getvalue().decode().splitlines()]
+    assert [line["event"] for line in lines] == [
+        "request",
+        "Error handling /x?access_token=***",
+        "job_finished",
+    ]
+    assert PLANTED not in raw.getvalue().decode()
+    assert lines[0]["path"] == "/x?access_token=***"
+
+
+def test_timestamps_are_utc_iso_8601_with_microseconds() -> None:
+    stamp = gw_logging.IsoTimeStamper()
+    before = datetime.datetime.now(datetime.UTC)
+    first = stamp(None, "info", {})["timestamp"]
+    second = stamp(None, "info", {})["timestamp"]
+    assert first.endswith("Z") and len(first) == len("2026-11-30T12:00:00.123456Z")
+    when = datetime.datetime.fromisoformat(first.replace("Z", "+00:00"))
+    assert abs((when - before).total_seconds()) < 5
+    assert second >= first
+
+
+SCRUB_TABLE = [
+    "plain",
+    "/demo/task/65a000000000000000000006/job",
+    "a=b",
+    "host:port",
+    "user@host",
+    "/job/j/SECRET/s/result",
+    "sent BEARER abc",
+    "basic",
+    "Bas\u017fic abc",  # a long s: the regex folds it onto "s"
+    "\u00e9t\u00e9 /secret/x",
+    "\u00e9t\u00e9 plain",
+]
+
+
+@pytest.mark.parametrize("text", SCRUB_TABLE)
+def test_the_quick_look_for_secrets_agrees_with_the_patterns(text: str) -> None:
+    assert gw_logging._maybe_secret(text) == (gw_logging._MAYBE.search(text) is not None)
+
+
+def test_a_key_naming_a_credential_is_masked_whatever_its_value() -> None:
+    event = {"event": "e", "token": 123, "password": None, "api_key": 1.5, "status": 200}
+    out = gw_logging.redact(None, "info", event)
+    assert out == {"event": "e", "token": "***", "password": "***", "api_key": "***", "status": 200}
+
+
+# ---- metric children -----------------------------------------------------------------------
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float:
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
+def test_labels_hand_out_one_child_per_label_set() -> None:
+    metrics = Metrics()
+    counter = metrics.upstream_requests
+    first = counter.labels(kind="create", status="200")
+    assert counter.labels(kind="create", status="200") is first
+    first.inc()
+    counter.labels(status="200", kind="create").inc()
+    counter.labels(kind="result", status="200").inc()
+    total = "sync_gateway_upstream_requests_total"
+    assert _sample(metrics, total, kind="create", status="200") == 2
+    assert _sample(metrics, total, kind="result", status="200") == 1
+    metrics.wait_seconds.labels(outcome="finished").observe(0.2)
+    assert _sample(metrics, "sync_gateway_wait_seconds_count", outcome="finished") == 1
+
+
+def test_wrong_label_names_are_still_refused() -> None:
+    with pytest.raises(ValueError):
+        Metrics().requests.labels(route="/x", code="200")
+
+
+# ---- kept documents and the retained gauges ------------------------------------------------
+
+
+def test_a_small_document_is_kept_as_its_json_text() -> None:
+    document = {"id": "j1", "state": "success", "output": ["ok"]}
+    kept = StoredDocument(document)
+    assert not kept.compressed
+    assert kept.packed == orjson.dumps(document)
+    assert dict(kept) == document
+
+
+def test_a_large_document_is_kept_compressed() -> None:
+    document = {"id": "j1", "state": "success", "output": ["line of output\n" * 400]}
+    assert len(orjson.dumps(document)) >= COMPRESS_FROM
+    kept = StoredDocument(document)
+    assert kept.compressed
+    assert len(kept.packed) < COMPRESS_FROM
+    assert kept.load() == document
+
+
+def _retained(job_id: str, size: int, expires_at: float) -> Retained:
+    snapshot = Snapshot(True, "success", "finished", {"id": job_id}, size=size)
+    return Retained(JobRef("theeye", job_id), snapshot, b"owner", expires_at)
+
+
+def _gauges(metrics: Metrics) -> tuple[float, float]:
+    return (
+        _sample(metrics, "sync_gateway_retained_results"),
+        _sample(metrics, "sync_gateway_retained_bytes"),
+    )
+
+
+async def test_the_retained_gauges_follow_puts_evictions_and_expiry() -> None:
+    metrics = Metrics()
+    store = MemoryStore(60.0, 1000, metrics)
+    now = time.monotonic()
+    await store.put(_retained("a", 400, now + 60))
+    await store.put(_retained("b", 400, now + 60))
+    assert _gauges(metrics) == (2, 800)
+    await store.get("theeye:a")
+    assert _gauges(metrics) == (2, 800)
+    await store.put(_retained("c", 300, now + 60))  # "a" is evicted
+    assert _gauges(metrics) == (2, 700)
+    assert not await store.put(_retained("d", 2000, now + 60))  # over the bound: not kept
+    assert _gauges(metrics) == (2, 700)
+    store._now = lambda: now + 120  # type: ignore[method-assign]
+    await store.get("theeye:b")  # both expired
+    assert _gauges(metrics) == (0, 0)
+
+
+# ---- upstream timeouts ----------------------------------------------------------------------
+
+
+async def test_each_long_poll_timeout_is_built_once() -> None:
+    settings = gateway_settings("http://upstream.test").upstream
+    async with aiohttp.ClientSession() as session:
+        client = UpstreamClient(session, settings, Metrics())
+        assert client._timeout_of(None) is client._default_timeout
+        first = client._timeout_of(70.0)
+        assert client._timeout_of(70.0) is first
+        assert first.total == 70.0
+        assert first.sock_connect == settings.connect_timeout
+        assert first.connect is None
+
+
+# ---- start-up ---------------------------------------------------------------------------------
+
+
+def test_start_up_objects_are_frozen_out_of_the_collectors_sight() -> None:
+    threshold = gc.get_threshold()
+    try:
+        asyncio.run(cli._settle_gc(None))
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == cli.GC_YOUNG_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
