@@ -97,6 +97,16 @@ FINAL_STATES = frozenset({"success", "failure", "timeout", "canceled", "error"})
 COMPRESS_FROM = 2048  # bytes of JSON text from which a kept document is compressed
 
 
+def _shared_output(document: Mapping[str, Any]) -> int:
+    """Where ``result.output`` stands in ``result`` when it equals ``output`` (else -1)."""
+    result = document.get("result")
+    if not isinstance(result, dict) or "output" not in result or "output" not in document:
+        return -1
+    if result["output"] != document["output"]:
+        return -1
+    return list(result).index("output")
+
+
 class StoredDocument(Mapping[str, Any]):
     """A job document kept as JSON text, compressed when it is large, parsed when read.
 
@@ -104,11 +114,19 @@ class StoredDocument(Mapping[str, Any]):
     compressed a seventh: a store holding thousands of finished results keeps it so. Below
     :data:`COMPRESS_FROM` bytes of text, compressing (some 20 us a document, as much as a
     log line) would save less than the kept entry's own bookkeeping takes (~1.6 KB): the text
-    is kept as it is."""
+    is kept as it is.
 
-    __slots__ = ("compressed", "packed")
+    A TheEye job document holds the job's output twice (``output``, and ``result.output``
+    as the agent reported it): when the two are equal, one copy is kept and the other put
+    back, at its place, when the document is read."""
+
+    __slots__ = ("compressed", "output_at", "packed")
 
     def __init__(self, document: Mapping[str, Any]) -> None:
+        self.output_at = _shared_output(document)
+        if self.output_at >= 0:
+            result = {k: v for k, v in document["result"].items() if k != "output"}
+            document = {**document, "result": result}
         text = orjson.dumps(document)
         self.compressed = len(text) >= COMPRESS_FROM
         # orjson's output sits in a buffer of 16 KB or more: keep an exact-size copy.
@@ -117,6 +135,10 @@ class StoredDocument(Mapping[str, Any]):
     def load(self) -> dict[str, Any]:
         text = zlib.decompress(self.packed) if self.compressed else self.packed
         value: dict[str, Any] = orjson.loads(text)
+        if self.output_at >= 0:
+            items = list(value["result"].items())
+            items.insert(self.output_at, ("output", value["output"]))
+            value["result"] = dict(items)
         return value
 
     def __getitem__(self, key: str) -> Any:
@@ -154,7 +176,12 @@ class Snapshot:
         document = self.document
         if document and not isinstance(document, StoredDocument):
             document = StoredDocument(document)
-        return dataclasses.replace(self, document=document, payload=bytes(self.payload))
+        kept = len(document.packed) if isinstance(document, StoredDocument) else 0
+        payload = bytes(self.payload)
+        # What retention counts: the bytes actually kept, not the size of the upstream's answer.
+        return dataclasses.replace(
+            self, document=document, payload=payload, size=kept + len(payload)
+        )
 
     def summary(self, job_id: str) -> dict[str, Any]:
         """The small JSON body of a 202: where the job stands."""

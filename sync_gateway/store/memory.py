@@ -81,12 +81,16 @@ class MemoryStore:
         key = item.ref.key
         if key in self._results:
             self._drop(key)
-        if item.snapshot.size > self.max_bytes or self.seconds <= 0:
+        if self.seconds <= 0:
+            self._publish()
+            return False
+        # Counted as kept: one copy of the output, compressed when large.
+        item = dataclasses.replace(item, snapshot=item.snapshot.compact())
+        if item.snapshot.size > self.max_bytes:
             self._publish()
             return False
         while self._results and self._bytes + item.snapshot.size > self.max_bytes:
             self._drop(next(iter(self._results)))
-        item = dataclasses.replace(item, snapshot=item.snapshot.compact())
         self._results[key] = item
         self._bytes += item.snapshot.size
         self._publish()

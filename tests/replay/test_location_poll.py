@@ -33,7 +33,7 @@ from sync_gateway.emulator.location_emulator import (
 )
 from sync_gateway.metrics import Metrics
 from sync_gateway.upstream.http import UpstreamClient
-from sync_gateway.upstream.location import LocationPollAdapter, resolve_location
+from sync_gateway.upstream.location import LocationPollAdapter, finished, resolve_location
 from sync_gateway.web.keys import METRICS
 
 AUTH = {"Authorization": CREDENTIAL}
@@ -289,7 +289,8 @@ async def test_an_immediate_result_is_its_creators_and_kept_in_the_bounded_store
         "upstream": server.schedule_url,
         "name": "elastic",
     }
-    bound = 3 * len(orjson.dumps(DATA))  # room for three results
+    one = finished(200, orjson.dumps(DATA), "application/json", "success").compact().size
+    bound = 3 * one  # room for three results, as they are kept
     settings = load(
         None, {}, {"routes": [route], "retention": {"max_bytes": bound}, "upstream": FAST_POLL}
     )

@@ -154,7 +154,8 @@ def test_a_large_document_is_kept_compressed() -> None:
 
 
 def _retained(job_id: str, size: int, expires_at: float) -> Retained:
-    snapshot = Snapshot(True, "success", "finished", {"id": job_id}, size=size)
+    # A kept answer of exactly `size` bytes (retention counts what is kept).
+    snapshot = Snapshot(True, "success", "finished", {}, "location", b"x" * size)
     return Retained(JobRef("theeye", job_id), snapshot, b"owner", expires_at)
 
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from conftest import TEST_FINGERPRINT_KEY, gateway_settings
 from support.helpers import eventually
@@ -91,7 +92,9 @@ def finished(body: bytes = b'["hello"]', size: int = 100) -> Snapshot:
 
 
 def retained(job: str = "j1", seconds: float = 60.0, size: int = 100) -> Retained:
-    return Retained(ref(job), finished(size=size), OWNER, time.monotonic() + seconds)
+    """A kept result of exactly ``size`` bytes (retention counts the bytes kept)."""
+    sized = Snapshot(True, "success", "finished", {}, "location", b"x" * size, size)
+    return Retained(ref(job), sized, OWNER, time.monotonic() + seconds)
 
 
 # ---- results -------------------------------------------------------------------------------
@@ -105,7 +108,14 @@ async def test_put_result_is_read_back_whole(make_store: StoreFactory) -> None:
     got = await store.get("theeye:j1")
     assert got is not None
     assert got.ref == item.ref
-    assert got.snapshot == item.snapshot
+    kept = item.snapshot.compact()
+    assert (got.snapshot.finished, got.snapshot.state, got.snapshot.lifecycle) == (
+        kept.finished,
+        kept.state,
+        kept.lifecycle,
+    )
+    assert (got.snapshot.kind, got.snapshot.size) == (kept.kind, kept.size)
+    assert got.snapshot.loaded() == item.snapshot.loaded()
     assert got.snapshot.payload == b'["hello"]'
     assert got.owner == OWNER
     assert got.expires_at > time.monotonic()
@@ -149,6 +159,22 @@ async def test_retention_zero_keeps_nothing(make_store: StoreFactory) -> None:
     store = await make_store(seconds=0)
     assert await store.put(retained("j4", seconds=0)) is False
     assert await store.get("theeye:j4") is None
+
+
+async def test_the_bound_counts_one_copy_of_the_output_compressed() -> None:
+    output = ["x" * 50_000]
+    document = {
+        "id": "j9",
+        "state": "success",
+        "lifecycle": "finished",
+        "output": output,
+        "result": {"code": 0, "output": output, "lastline": "ok"},
+    }
+    raw = len(orjson.dumps(document))
+    kept = Snapshot(True, "success", "finished", document, size=raw).compact()
+    assert kept.size < raw / 10  # the output once, compressed: what is really kept
+    assert kept.loaded() == document  # and read back whole, keys in their places
+    assert list(kept.loaded()["result"]) == ["code", "output", "lastline"]
 
 
 async def test_oldest_result_is_evicted_past_the_byte_bound(make_store: StoreFactory) -> None:

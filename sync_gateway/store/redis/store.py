@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import OrderedDict
 
@@ -65,7 +66,9 @@ class RedisStore:
         return Retained(codec.ref_in(d["ref"]), snapshot, bytes.fromhex(d["owner"]), expires)
 
     async def put(self, item: Retained) -> bool:
-        # The local copy serves while Redis is down and is written back after a restart.
+        # Counted as kept (one copy of the output, compressed when large), like the local copy
+        # that serves while Redis is down and is written back after a restart.
+        item = dataclasses.replace(item, snapshot=item.snapshot.compact())
         kept = await self.local.put(item)
         if item.snapshot.size > self.max_bytes or self.seconds <= 0:
             return False
