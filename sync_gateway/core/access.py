@@ -78,7 +78,7 @@ class Fingerprints:
         self._key = key
 
     def of(self, credentials: Credentials) -> bytes:
-        return hmac.new(self._key, credentials.identity(), hashlib.sha256).digest()
+        return hmac.digest(self._key, credentials.identity(), hashlib.sha256)
 
 
 class Access:

@@ -153,21 +153,16 @@ class Follower:
         adapter = self.adapters[w.ref.adapter]
         up = self.settings.upstream
         delay = min(0.05, up.poll_interval)
-        # A step that failed for a passing reason is retried by the one policy, until the
-        # deadline; built once per watch, used for every step.
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_transient),
-            wait=Backoff(up.poll_max_interval, lambda exc: None),
-            stop=before_deadline(deadline),
-            reraise=True,
-            before_sleep=lambda state: self._step_failed(w, state),
-        )
         while self._loop.time() < deadline:
-            remaining = deadline - self._loop.time()
+            timeout = min(up.long_poll_timeout, deadline - self._loop.time())
             try:
-                progress: Progress = await retrying(
-                    adapter.step, w.ref, w.credentials, min(up.long_poll_timeout, remaining)
-                )
+                # Most steps succeed: the retry machinery is built only after one failed.
+                try:
+                    progress = await adapter.step(w.ref, w.credentials, timeout)
+                except TERMINAL_ERRORS:
+                    raise
+                except GatewayError as first:
+                    progress = await self._retried(adapter, w, deadline, first)
             except UpstreamRejected as exc:
                 if exc.upstream_status == 404 and w.known and adapter.lost_on_404:
                     raise self._lost(w) from exc
@@ -186,6 +181,29 @@ class Follower:
                 await asyncio.sleep(min(pause, max(deadline - self._loop.time(), 0.0)))
                 delay = min(delay * 1.5, up.poll_interval)
         return None
+
+    async def _retried(
+        self, adapter: Adapter, w: Watch, deadline: float, first: GatewayError
+    ) -> Progress:
+        """A step that failed for a passing reason, retried by the one policy until the
+        deadline (the first failure counts as the first attempt)."""
+        up = self.settings.upstream
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_transient),
+            wait=Backoff(up.poll_max_interval, lambda exc: None),
+            stop=before_deadline(deadline),
+            reraise=True,
+            before_sleep=lambda state: self._step_failed(w, state),
+        )
+        failed = True
+        async for attempt in retrying:
+            with attempt:
+                if failed:  # replay the first failure so the policy waits before retrying
+                    failed = False
+                    raise first
+                timeout = min(up.long_poll_timeout, deadline - self._loop.time())
+                return await adapter.step(w.ref, w.credentials, timeout)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _lost(self, w: Watch) -> JobLost:
         """The upstream answered 404 for a job it had: deleted (the supervisor keeps only the

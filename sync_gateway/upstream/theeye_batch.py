@@ -24,6 +24,9 @@ from sync_gateway.upstream.http import UpstreamClient
 log = structlog.get_logger("sync_gateway.upstream.theeye")
 
 _FINAL = sorted(FINAL_LIFECYCLES)
+# Listings of one round in flight at once: thousands of watched jobs are answered within a
+# round's interval, without a burst of hundreds of requests on the supervisor.
+CONCURRENT_LISTINGS = 8
 
 
 def listing_params(ids: list[str], query: dict[str, str]) -> list[tuple[str, str]]:
@@ -59,6 +62,7 @@ class BatchWatcher:
         self.batch = batch
         self._groups: dict[tuple[str, bytes], _Group] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._listings = asyncio.Semaphore(CONCURRENT_LISTINGS)
         # Callers the upstream refuses to list for: their jobs are watched another way.
         self.refused: set[tuple[str, bytes]] = set()
 
@@ -89,16 +93,16 @@ class BatchWatcher:
                 del group.pending[job_id]
 
     async def _run(self, key: tuple[str, bytes], group: _Group) -> None:
+        loop = asyncio.get_running_loop()
         try:
+            started = loop.time()
             while group.pending:
-                await asyncio.sleep(self.interval)
+                # Rounds are timed from their start: a long round does not delay the next.
+                await asyncio.sleep(max(self.interval - (loop.time() - started), 0.0))
+                started = loop.time()
                 ids = list(group.pending)
-                for start in range(0, len(ids), self.batch):
-                    done = await self._list(key, group, ids[start : start + self.batch])
-                    for job_id in done:
-                        future = group.pending.pop(job_id, None)
-                        if future is not None:
-                            _settle(future, True)
+                batches = [ids[i : i + self.batch] for i in range(0, len(ids), self.batch)]
+                await asyncio.gather(*(self._round(key, group, batch) for batch in batches))
         finally:
             # No await between the last look at `pending` and here: a job registered
             # meanwhile would find this group gone and start a new one.
@@ -106,6 +110,16 @@ class BatchWatcher:
                 del self._groups[key]
             for future in group.pending.values():
                 _settle(future, None if key in self.refused else False)
+
+    async def _round(self, key: tuple[str, bytes], group: _Group, ids: list[str]) -> None:
+        """One listing of a batch (at most ``CONCURRENT_LISTINGS`` at once), and the jobs it
+        shows finished told so."""
+        async with self._listings:
+            done = await self._list(key, group, ids)
+        for job_id in done:
+            future = group.pending.pop(job_id, None)
+            if future is not None:
+                _settle(future, True)
 
     async def _list(self, key: tuple[str, bytes], group: _Group, ids: list[str]) -> list[str]:
         """Which of ``ids`` have finished, by one listing; [] when it cannot tell now."""
