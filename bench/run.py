@@ -80,7 +80,7 @@ async def _gateway_call(session: aiohttp.ClientSession, spec: dict[str, Any], ta
     url = f"{spec['base']}/{CUSTOMER}/task/{spec['task']}/job"
     headers = {"Content-Type": "application/json", **spec.get("headers", {})}
     async with session.post(
-        url, params={"access_token": TOKEN}, data=spec["body"], headers=headers
+        url, params={"access_token": spec.get("token", TOKEN)}, data=spec["body"], headers=headers
     ) as resp:
         await resp.read()
         done = time.time()
@@ -95,7 +95,7 @@ async def _gateway_call(session: aiohttp.ClientSession, spec: dict[str, Any], ta
 async def _by_hand_call(session: aiohttp.ClientSession, spec: dict[str, Any], tally: Tally) -> None:
     """What a client does without the gateway: create, then poll the job every 100 ms."""
     base = spec["base"]
-    params = {"access_token": TOKEN}
+    params = {"access_token": spec.get("token", TOKEN)}
     headers = {"Content-Type": "application/json"}
     url = f"{base}/{CUSTOMER}/task/{spec['task']}/job"
     async with session.post(url, params=params, data=spec["body"], headers=headers) as resp:
@@ -286,6 +286,7 @@ class Stack:
     emulator_pid: int
     bare_url: str = ""
     bare_pid: int = 0
+    token: str = TOKEN
 
     def pids(self) -> dict[str, int]:
         """The server processes whose CPU a phase accounts for, by name."""
@@ -359,7 +360,7 @@ async def stack(
         procs.append(_spawn(gw_cmd, gw_env, args.logs / "gateway.log"))
         await _wait_http(f"{gw_url}/healthz", procs[1], "the gateway")
         await asyncio.sleep(0.5 * workers)  # every worker listening
-        running = Stack(emu_url, gw_url, procs[1].pid, procs[0].pid)
+        running = Stack(emu_url, gw_url, procs[1].pid, procs[0].pid, token=args.token)
         if bare:
             bare_port = free_port()
             bare_cmd = [py, BARE_HOP, "--upstream", emu_url, "--host", "127.0.0.1"]
@@ -459,6 +460,7 @@ async def phase(
             "duration": duration,
             "stagger": stagger,
             "record": record,
+            "token": stack_.token,
             "headers": headers or {},
             "start_at": start_at,
             "timeout": timeout,
@@ -684,6 +686,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smaller numbers, shorter jobs (~1 min)")
     p.add_argument("--workers", type=int, default=1, help="gateway processes (serve --workers)")
     p.add_argument("--log-level", default="info", help="the gateway's log level (default info)")
+    p.add_argument(
+        "--token",
+        default=TOKEN,
+        help="the clients' token; demo-operator-token: a member below admin, whose listings"
+        " the supervisor filters by the tasks' ACL (the emulator's default: demo-token, admin)",
+    )
     p.add_argument("--seconds", type=float, help="duration of sections 1 and 2")
     p.add_argument(
         "--hold", type=int, nargs="*", help="section 3 client counts (none: only --hold-many)"
