@@ -14,10 +14,11 @@ from aiohttp import web
 from sync_gateway.config import Settings
 from sync_gateway.core.access import Access, Fingerprints
 from sync_gateway.core.engine import Engine
-from sync_gateway.core.errors import StartupError
+from sync_gateway.core.following import Follower
 from sync_gateway.core.jobs import Jobs
 from sync_gateway.metrics import Metrics
 from sync_gateway.render.common import HeaderLimits
+from sync_gateway.store import redis_backend
 from sync_gateway.store.base import ResultStore
 from sync_gateway.store.memory import MemoryStore
 from sync_gateway.upstream import build_adapters
@@ -50,13 +51,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     settings, metrics = app[SETTINGS], app[METRICS]
     store: ResultStore
     if settings.store.backend == "redis":
-        try:
-            from sync_gateway.store.redis import RedisBackend  # redis stays an optional extra
-        except ImportError:
-            raise StartupError(
-                "store.backend = \"redis\" needs the redis extra: pip install 'sync-gateway[redis]'"
-            ) from None
-        backend = app[REDIS] = await RedisBackend.create(settings, metrics)
+        backend = app[REDIS] = await redis_backend().create(settings, metrics)
         store, coordinator = backend.store, backend.coordinator
     else:
         store = MemoryStore(settings.retention.seconds, settings.retention.max_bytes, metrics)
@@ -67,7 +62,8 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     session = _session(settings)
     client = UpstreamClient(session, settings.upstream, metrics)
     adapters = build_adapters(settings, client)
-    engine = Engine(adapters, store, settings, metrics, fingerprints, coordinator=coordinator)
+    follower = Follower(adapters, store, settings, metrics, coordinator)
+    engine = Engine(follower, fingerprints)
     jobs = Jobs(engine, store, Access(fingerprints, adapters), settings)
     app[CLIENT], app[STORE], app[ENGINE], app[JOBS], app[ADAPTERS] = (
         client,

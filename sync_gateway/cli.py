@@ -127,12 +127,9 @@ def startup_checks(settings: Settings) -> None:
     """What start-up would refuse, found without starting: the extras a setting needs, and
     whether the port can be bound now. Raises StartupError (one line)."""
     if settings.store.backend == "redis":
-        try:
-            import redis  # noqa: F401
-        except ImportError:
-            raise StartupError(
-                "store.backend = \"redis\" needs the redis extra: pip install 'sync-gateway[redis]'"
-            ) from None
+        from sync_gateway.store import redis_backend
+
+        redis_backend()
     server = settings.server
     if server.workers > 1:
         return  # the workers share the port (SO_REUSEPORT)

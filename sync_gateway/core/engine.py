@@ -11,21 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from sync_gateway.config import Settings
 from sync_gateway.core.access import Fingerprints
 from sync_gateway.core.errors import GatewayError
-from sync_gateway.core.following import TERMINAL_ERRORS, Coordinator, Follower, Watch
+from sync_gateway.core.following import TERMINAL_ERRORS, Follower, Watch
 from sync_gateway.core.types import Credentials, JobRef, Snapshot
-from sync_gateway.metrics import Metrics
-from sync_gateway.store.base import ResultStore
 
 if TYPE_CHECKING:
-    from sync_gateway.upstream.base import Adapter
+    pass
 
 log = structlog.get_logger("sync_gateway.engine")
 
@@ -51,21 +48,15 @@ def _from_watch(
 class Engine:
     """Owns every watch; the HTTP handlers only call :meth:`wait` and friends."""
 
-    def __init__(
-        self,
-        adapters: Mapping[str, Adapter],
-        store: ResultStore,
-        settings: Settings,
-        metrics: Metrics,
-        fingerprints: Fingerprints,
-        coordinator: Coordinator | None = None,
-    ) -> None:
-        self.adapters = adapters
+    def __init__(self, follower: Follower, fingerprints: Fingerprints) -> None:
+        """``follower`` follows each watch's job (its adapters, store, settings, metrics);
+        ``fingerprints`` tell each watch's owner."""
+        self.follower = follower
         self.fingerprints = fingerprints
-        self.follower = Follower(adapters, store, settings, metrics, coordinator)
-        self.store = store
-        self.settings = settings
-        self.metrics = metrics
+        self.adapters = follower.adapters
+        self.store = follower.store
+        self.settings = follower.settings
+        self.metrics = follower.metrics
         self._watches: dict[str, Watch] = {}
         self._loop = asyncio.get_running_loop()
         self._drain_over: asyncio.Future[None] = self._loop.create_future()

@@ -15,6 +15,7 @@ from sync_gateway.config import Settings, load
 from sync_gateway.core.access import Fingerprints
 from sync_gateway.core.engine import Engine
 from sync_gateway.core.errors import JobLost, UpstreamRejected
+from sync_gateway.core.following import Follower
 from sync_gateway.core.types import Credentials, JobRef
 from sync_gateway.metrics import Metrics
 from sync_gateway.store.memory import MemoryStore
@@ -37,7 +38,7 @@ async def make_engine(fake: FakeAdapter, **top: Any) -> Engine:
     s = settings(**top)
     metrics = Metrics()
     store = MemoryStore(s.retention.seconds, s.retention.max_bytes, metrics)
-    return Engine({"fake": fake}, store, s, metrics, Fingerprints(b"k" * 32))
+    return Engine(Follower({"fake": fake}, store, s, metrics, None), Fingerprints(b"k" * 32))
 
 
 @pytest.fixture
