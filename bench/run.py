@@ -350,6 +350,7 @@ async def stack(
     py = sys.executable
     emu_cmd = [py, "-m", "sync_gateway", "emulator", "--host", "127.0.0.1"]
     emu_cmd += ["--port", str(emu_port), "--min-timeout", "1"]
+    emu_cmd += ["--autoremove-limit", str(args.autoremove)]
     gw_cmd = [*shlex.split(args.gateway_prefix), py, "-m", "sync_gateway", "serve"]
     gw_cmd += ["--host", "127.0.0.1", "--port", str(gw_port), "--upstream", emu_url]
     gw_cmd += ["--workers", str(workers)]
@@ -686,6 +687,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smaller numbers, shorter jobs (~1 min)")
     p.add_argument("--workers", type=int, default=1, help="gateway processes (serve --workers)")
     p.add_argument("--log-level", default="info", help="the gateway's log level (default info)")
+    p.add_argument(
+        "--autoremove",
+        type=int,
+        default=100_000,
+        help="the emulator's autoremove limit: 5 is the supervisor's default, which deletes"
+        " finished jobs under more concurrency than that (the README tells operators to raise"
+        " it); the default here is above any concurrency the bench makes; 0 keeps every job",
+    )
     p.add_argument(
         "--token",
         default=TOKEN,

@@ -225,7 +225,10 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
     _configure_logging("info", "auto")
     settings = EmulatorSettings(
-        recipe=Path(args.recipe) if args.recipe else None, min_timeout=args.min_timeout
+        recipe=Path(args.recipe) if args.recipe else None,
+        min_timeout=args.min_timeout,
+        autoremove_limit=args.autoremove_limit or None,
+        notifications=args.notifications,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_emulator(settings, args.host, args.port))
@@ -334,6 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=60080)
     emulator.add_argument("--recipe", help="tasks recipe (TOML); default: the bundled one")
+    emulator.add_argument(
+        "--autoremove-limit",
+        type=int,
+        default=5,
+        help="every create keeps the task's newest N jobs, older finished ones are deleted"
+        " (the supervisor's default: 5; 0 keeps every job)",
+    )
+    emulator.add_argument(
+        "--no-notifications",
+        dest="notifications",
+        action="store_false",
+        help="long polls are not woken when their job ends (no TheEye gateway publishing)",
+    )
     emulator.add_argument(
         "--min-timeout", type=float, default=10.0, help="lower long-poll clamp (supervisor: 10)"
     )
