@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from sync_gateway.config import ConfigError, Settings, load
+from sync_gateway.config import Settings, load
+from sync_gateway.core.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "config.example.toml"
