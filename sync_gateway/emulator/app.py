@@ -5,17 +5,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
-from urllib.parse import parse_qs
 
 import orjson
 from aiohttp import web
 
+from .auth import (
+    OBJECT_ID,
+    STATE_KEY,
+    ErrorAnswer,
+    authenticate,
+    body_arguments,
+    check_secret,
+    ensure_allowed,
+    fail,
+    find_job,
+    hang,
+    json_response,
+    listed,
+    require_role,
+)
 from .formats import clamp_timeout, encode_query, js_number, js_number_str, parse_job_response
-from .recipe import Customer, Member, Task, access_level, load_recipe
+from .recipe import Task, load_recipe
 from .runner import cancel_job, kill_all, start_job
 from .state import EmulatorState, Fault, Job
 
@@ -59,204 +71,7 @@ class EmulatorSettings:
             raise ValueError("notification_delay must be >= 0")
 
 
-STATE_KEY = web.AppKey("emulator_state", EmulatorState)
 SETTINGS_KEY = web.AppKey("emulator_settings", EmulatorSettings)
-
-
-def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=orjson.dumps(body),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-class ErrorAnswer(Exception):
-    """Raised by handlers; the middleware turns it into the JSON error answer: ``body`` when
-    given (the supervisor's ``res.send(status, 'text')``), else ``{"statusCode", "message"}``."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        headers: dict[str, str] | None = None,
-        body: Any = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
-        self.body = body
-
-    def response(self) -> web.Response:
-        body = self.body
-        if body is None:
-            body = {"statusCode": self.status, "message": self.message}
-        return json_response(self.status, body, self.headers)
-
-
-def fail(status: int, message: str, **headers: str) -> ErrorAnswer:
-    """An error answer shaped like the supervisor's ``res.sendError`` (JSON)."""
-    return ErrorAnswer(status, message, headers or None)
-
-
-# -- auth and lookups -------------------------------------------------------------------------
-
-
-def _unauthorized() -> ErrorAnswer:
-    return fail(401, "Unauthorized", **{"WWW-Authenticate": 'Bearer realm="Users"'})
-
-
-def _body_token(request: web.Request, raw: bytes) -> Any:
-    """``req.body.access_token`` as restify's bodyParser leaves it: a form field, or a key of
-    a JSON object body (any other content type is read as JSON too, as the create does)."""
-    if not raw.strip():
-        return None
-    if request.content_type == "application/x-www-form-urlencoded":
-        form = parse_qs(raw.decode("utf-8", "replace"))
-        values = form.get("access_token", [])
-        return values[0] if len(values) == 1 else values or None
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return body.get("access_token") if isinstance(body, dict) else None
-
-
-async def _bearer_token(request: web.Request) -> str | None:
-    """passport-http-bearer's ``Strategy.authenticate`` (lib/strategy.js), which the
-    supervisor's ``bearerMiddleware`` (core/lib/auth/index.js) answers 401 ``Unauthorized`` on
-    any failure: an ``Authorization`` header that is not two space-separated parts fails; a
-    ``Bearer`` one gives the token; then the body's ``access_token`` and then the query's —
-    a second credential (truthy, as JavaScript says) fails whatever its value."""
-    token: Any = None
-    authorization = request.headers.get("Authorization")
-    if authorization:
-        parts = authorization.split(" ")
-        if len(parts) != 2:
-            raise _unauthorized()
-        if parts[0].lower() == "bearer":
-            token = parts[1]
-    for found in (_body_token(request, await request.read()), _query_token(request)):
-        if found:
-            if token:
-                raise _unauthorized()
-            token = found
-    return token if isinstance(token, str) and token else None
-
-
-def _query_token(request: web.Request) -> Any:
-    values = request.query.getall("access_token", [])
-    return values[0] if len(values) == 1 else values or None  # qs: repeated keys → an array
-
-
-async def _authenticate(request: web.Request) -> tuple[Customer, Member]:
-    """The caller's organization and member; 401 without a known token, 403 when the path
-    names another customer."""
-    state = request.app[STATE_KEY]
-    token = await _bearer_token(request)
-    found = state.recipe.caller_for_token(token) if token else None
-    if found is None:
-        raise _unauthorized()
-    customer, member = found
-    path_customer = request.match_info.get("customer")
-    if path_customer is not None and path_customer != customer.name:
-        raise fail(403, "forbidden. you don't belong to this organization")
-    return customer, member
-
-
-def _require_role(member: Member, role: str) -> None:
-    """``router.requireCredential`` (core/router/require-credential.js)."""
-    if access_level(member.role) < access_level(role):
-        raise ErrorAnswer(403, "forbidden", body="forbidden")
-
-
-def _permissions(member: Member) -> list[str]:
-    """``ACL.buildPermissions`` (core/lib/acl.js): the role, the email, the tags ``k:v``.
-    A missing email is JavaScript's ``undefined``, in a template string ``"undefined"``."""
-    return [member.role, member.email if member.email is not None else "undefined", *member.tags]
-
-
-def _allowed(member: Member, acl: list[Any]) -> bool:
-    """``ACL.ensureAllowed`` (core/lib/acl.js) exactly as written: admins and above pass; an
-    empty ``acl`` fails; otherwise it stops at the first permission that is NOT in the acl
-    and passes — so a member passes unless the acl is empty or holds every one of its
-    permissions (the check reads inverted, but this is what the supervisor runs)."""
-    if member.is_admin:
-        return True
-    if not acl:
-        return False
-    return any(value not in acl for value in _permissions(member))
-
-
-async def _ensure_allowed(request: web.Request, member: Member, acl: list[Any]) -> None:
-    """``router.ensureAllowed`` (core/router/ensure-allowed.js) calls ``ACL.ensureAllowed``
-    inside a promise's ``then`` with no ``catch``: the ForbiddenError becomes an unhandled
-    rejection (logged in production, core/main.js) and the request is never answered."""
-    if not _allowed(member, acl):
-        await hang(request.app[STATE_KEY])
-
-
-def _listed(member: Member, acl: list[Any]) -> bool:
-    """``router.dbFilter`` (core/router/db-filter.js) for credentials below admin (core/router/
-    ensure-permissions.js): ``where.acl = {$in: [/^permission$/i, …]}`` — a job is listed only
-    when its ``acl`` holds the member's role, email or one of its tags, case-insensitively."""
-    if member.is_admin:
-        return True
-    wanted = {p.lower() for p in _permissions(member)}
-    return any(isinstance(a, str) and a.lower() in wanted for a in acl)
-
-
-async def hang(state: EmulatorState) -> NoReturn:
-    """Never answer (the client gives up, or the server's shutdown closes the connection)."""
-    state.event("hung")
-    state.hanging += 1
-    try:
-        await asyncio.get_running_loop().create_future()
-    finally:
-        state.hanging -= 1
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _check_secret(given: str, expected: str) -> None:
-    if len(given) != 64 or given != expected:
-        raise fail(403, "invalid secret")
-
-
-OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
-
-
-def _job(request: web.Request, customer: Customer | None) -> Job:
-    """``router.resolve.idToEntity({param: 'job', required: true})`` (core/router/
-    param-resolver.js): an id that is not a MongoId (24 hex characters) answers 400 ``"job id
-    is invalid"``; an unknown one 404."""
-    job_id = request.match_info["job"]
-    if not OBJECT_ID.fullmatch(job_id):
-        raise ErrorAnswer(400, "job id is invalid", body="job id is invalid")
-    job = request.app[STATE_KEY].jobs.get(job_id.lower())
-    if job is None:
-        raise fail(404, "job not found")
-    if customer is not None and job.customer.name != customer.name:
-        raise fail(403, "forbidden")
-    return job
-
-
-def _body_arguments(request: web.Request, raw: bytes) -> tuple[list[Any], bool]:
-    if not raw.strip() or request.content_type == "application/x-www-form-urlencoded":
-        return [], False  # a form carries no JSON arguments (its access_token is a credential)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise fail(400, "invalid JSON body") from None
-    if isinstance(body, list):
-        return body, False
-    if isinstance(body, dict):
-        args = body.get("task_arguments", [])
-        if not isinstance(args, list):
-            raise fail(400, "task_arguments must be an array")
-        return args, body.get("wait_result") is True
-    raise fail(400, "the body must be an array of arguments or an object")
 
 
 # -- job routes -------------------------------------------------------------------------------
@@ -272,17 +87,17 @@ async def create_job(request: web.Request) -> web.Response:
         task = state.recipe.tasks.get(task_id)
         if task is None:
             raise fail(404, "task not found")
-        _check_secret(secret, task.secret)
+        check_secret(secret, task.secret)
         origin = "secret"
     else:
-        customer, member = await _authenticate(request)
-        _require_role(member, "user")  # core/controllers/task/job.js
+        customer, member = await authenticate(request)
+        require_role(member, "user")  # core/controllers/task/job.js
         task = state.recipe.tasks.get(task_id)
         if task is None or task.customer != customer.name:
             raise fail(404, "task not found")
-        await _ensure_allowed(request, member, list(task.acl))
+        await ensure_allowed(request, member, list(task.acl))
         origin = "user"
-    args, body_wait = _body_arguments(request, await request.read())
+    args, body_wait = body_arguments(request, await request.read())
     job = state.new_job(task, args, origin)
     body = orjson.dumps(job.doc)  # snapshot: lifecycle "ready", before the job runs
     start_job(state, job, args)
@@ -344,12 +159,12 @@ async def job_result(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     secret = request.match_info.get("secret")
     if secret is not None:
-        job = _job(request, None)
-        _check_secret(secret, job.secret)
+        job = find_job(request, None)
+        check_secret(secret, job.secret)
     else:
-        customer, member = await _authenticate(request)
-        job = _job(request, customer)
-        await _ensure_allowed(request, member, job.doc["acl"])
+        customer, member = await authenticate(request)
+        job = find_job(request, customer)
+        await ensure_allowed(request, member, job.doc["acl"])
     if job.finished:
         return _answer(request, job)
     query = request.query
@@ -371,9 +186,9 @@ async def job_result(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    customer, member = await _authenticate(request)
-    job = _job(request, customer)
-    await _ensure_allowed(request, member, job.doc["acl"])
+    customer, member = await authenticate(request)
+    job = find_job(request, customer)
+    await ensure_allowed(request, member, job.doc["acl"])
     body = orjson.dumps(job.doc)
     if request.app[SETTINGS_KEY].read_once and job.finished:
         request.app[STATE_KEY].forget(job)
@@ -402,11 +217,11 @@ async def list_jobs(request: web.Request) -> web.Response:
     """``GET /{customer}/job`` (core/controllers/job/crud.js ``fetch``): the customer's jobs
     filtered like the supervisor's dbFilter (``where[_id][$in][]=…``,
     ``where[lifecycle][$in][]=…``, ``limit``), without the heavy fields; below admin, only the
-    jobs whose ``acl`` names the member (``_listed``). An agent token gets the agent's queue
+    jobs whose ``acl`` names the member (``listed``). An agent token gets the agent's queue
     instead, which needs a registered host: 400 ``"host is required"``. An ``_id`` Mongoose
     cannot cast fails the query: 500 ``"Internal Server Error"`` (``res.sendError``)."""
     state = request.app[STATE_KEY]
-    customer, member = await _authenticate(request)
+    customer, member = await authenticate(request)
     if member.role == "agent":
         return json_response(400, "host is required")
     asked = _query_list(request, "where[_id][$in]")
@@ -423,7 +238,7 @@ async def list_jobs(request: web.Request) -> web.Response:
             continue
         if (asked and doc["id"] not in ids) or (lifecycles and doc["lifecycle"] not in lifecycles):
             continue
-        if not _listed(member, doc["acl"]):
+        if not listed(member, doc["acl"]):
             hidden += 1
             continue
         found.append({k: v for k, v in doc.items() if k not in LIST_EXCLUDED})
@@ -437,9 +252,9 @@ async def cancel(request: web.Request) -> web.Response:
     """``PUT /{customer}/job/{id}/cancel`` (core/controllers/job/lifecycle.js): the dispatcher's
     ``cancel`` reports its errors to a callback the controller never passes, so the answer is
     always 204 — a finished job simply stays as it is (``cancel_job``)."""
-    customer, member = await _authenticate(request)
-    job = _job(request, customer)
-    await _ensure_allowed(request, member, job.doc["acl"])
+    customer, member = await authenticate(request)
+    job = find_job(request, customer)
+    await ensure_allowed(request, member, job.doc["acl"])
     who = {"email": member.email, "id": customer.id, "username": member.username or customer.name}
     cancel_job(job, who)
     return web.Response(status=204)
