@@ -11,11 +11,16 @@ answer (SPEC 2.1, 2.2). No I/O, no web framework. Decisions where the SPEC is si
   integers (``10.0`` -> ``10``), as ``JSON.stringify`` does.
 * Headers: see :mod:`sync_gateway.render.common`.
 * A task ``Content-Type`` given twice (different case): the last wins, as with ``setHeader``.
+* ``isBase64Encoded: true`` in a response object with a string body: the body's bytes are
+  answered, with the task's ``Content-Type`` (else ``application/octet-stream``); a body
+  that is not valid base64 is the job's 500 with ``bad_task_output``.
 * ``parse=N``: ``N`` is 1 to 9 ASCII digits (leading zeros allowed); anything else is a 400.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -86,6 +91,8 @@ def _render_parse(job: Mapping[str, Any], fmt: Format, limits: HeaderLimits) -> 
     status = _status_code(response.get("statusCode"), allow_string=True) or status
     body = response.get("body", response)
     headers, dropped = sanitize_headers(response.get("headers"), limits)
+    if response.get("isBase64Encoded") is True and isinstance(body, str):
+        return _binary(status, body, headers, dropped)
     content_types = [(n, v) for n, v in headers if n.lower() == "content-type"]
     if content_types:
         headers = tuple(h for h in headers if h[0].lower() != "content-type")
@@ -94,6 +101,30 @@ def _render_parse(job: Mapping[str, Any], fmt: Format, limits: HeaderLimits) -> 
             return Rendered(status, body.encode("utf-8"), content_types[-1][1], headers, dropped)
         dropped += ("content-type-for-json",)
     return Rendered(status, json_body(body), JSON_CONTENT_TYPE, headers, dropped)
+
+
+def _binary(
+    status: int, encoded: str, headers: tuple[tuple[str, str], ...], dropped: tuple[str, ...]
+) -> Rendered:
+    """A body the task sent base64-encoded (``isBase64Encoded``, as AWS Lambda proxy
+    integrations do): its bytes, with the task's Content-Type. Not valid base64: the job's
+    500-style answer, saying so."""
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        error = {
+            "error": "bad_task_output",
+            "message": "the response object's body is marked base64 but is not valid base64",
+        }
+        return _json(500, error)
+    content_type = "application/octet-stream"
+    kept = []
+    for name, value in headers:
+        if name.lower() == "content-type":
+            content_type = value
+        else:
+            kept.append((name, value))
+    return Rendered(status, data, content_type, tuple(kept), dropped)
 
 
 def render_job(

@@ -7,6 +7,7 @@ that run out (202 + re-attach) and cross-customer re-attach.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -465,3 +466,29 @@ async def test_reattach_to_a_job_the_upstream_does_not_know_passes_its_404(
     resp, data = await get(http, unknown)
     assert resp.status == 403
     assert "customer" in orjson.loads(data)["message"]
+
+
+PNG_TASK = "65a00000000000000000000a"  # prints a response object with a base64 PNG body
+
+
+async def test_a_binary_answer_arrives_byte_for_byte(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    import base64
+    import json
+    import subprocess
+    import sys
+
+    from sync_gateway.emulator import BUNDLED_RECIPE
+
+    script = BUNDLED_RECIPE.parent / "scripts" / "png.py"
+    printed = await asyncio.to_thread(
+        subprocess.run, [sys.executable, str(script)], capture_output=True, check=True
+    )
+    expected = base64.b64decode(json.loads(printed.stdout)["body"])
+    assert expected.startswith(b"\x89PNG\r\n\x1a\n")
+    url = f"{gateway.url}/demo/task/{PNG_TASK}/job?parse&access_token={TOKEN}"
+    async with http.post(url) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "image/png"
+        assert await resp.read() == expected

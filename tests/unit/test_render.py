@@ -562,3 +562,47 @@ def test_json_body_encodes_past_orjson_depth_limit() -> None:
 def test_too_deep_for_orjson_falls_back_to_raw_output() -> None:
     nested = "[" * 1100 + "]" * 1100
     assert answer([nested]).body == json_body([nested])
+
+
+@pytest.mark.parametrize(
+    ("response", "status", "content_type", "body"),
+    [
+        (
+            {
+                "statusCode": 200,
+                "body": "aGVsbG8=",
+                "isBase64Encoded": True,
+                "headers": {"Content-Type": "text/plain"},
+            },
+            200,
+            "text/plain",
+            b"hello",
+        ),
+        (
+            {"statusCode": 201, "body": "AAEC/w==", "isBase64Encoded": True},
+            201,
+            "application/octet-stream",
+            b"\x00\x01\x02\xff",
+        ),
+        # not marked: the string is the body, as it was
+        (
+            {"statusCode": 200, "body": "aGVsbG8=", "headers": {"Content-Type": "text/plain"}},
+            200,
+            "text/plain",
+            b"aGVsbG8=",
+        ),
+    ],
+    ids=["typed", "octet-stream", "not-marked"],
+)
+def test_a_base64_body_is_answered_as_its_bytes(
+    response: dict[str, Any], status: int, content_type: str, body: bytes
+) -> None:
+    rendered = answer([json.dumps(response)])
+    assert (rendered.status, rendered.content_type, rendered.body) == (status, content_type, body)
+
+
+def test_bad_base64_is_the_jobs_500_not_a_crash() -> None:
+    response = {"statusCode": 200, "body": "not base64 !!", "isBase64Encoded": True}
+    rendered = answer([json.dumps(response)])
+    assert rendered.status == 500
+    assert json.loads(rendered.body)["error"] == "bad_task_output"
