@@ -124,6 +124,12 @@ class Metrics:
         self.upstream_retries = LabelledCounter(
             "sync_gateway_upstream_retries", "Upstream requests retried", ["kind"], registry=r
         )
+        self.admission_refused = Counter(
+            "sync_gateway_admission_refused",
+            "Creates refused with 429 at an admission bound (scope: total or customer)",
+            ["scope"],
+            registry=r,
+        )
         self.jobs_lost = Counter(
             "sync_gateway_jobs_lost",
             "Jobs the upstream no longer had before their result was read (deleted, restarted)",

@@ -10,6 +10,7 @@ from sync_gateway.config.loading import load, redacted
 from sync_gateway.config.settings import (
     ENV_PREFIX,
     AdapterName,
+    AdmissionSettings,
     CorsSettings,
     LogSettings,
     RetentionSettings,
@@ -27,6 +28,7 @@ from sync_gateway.config.settings import (
 __all__ = [
     "ENV_PREFIX",
     "AdapterName",
+    "AdmissionSettings",
     "CorsSettings",
     "LogSettings",
     "RetentionSettings",

@@ -20,6 +20,7 @@ import yarl
 from sync_gateway.config.settings import (
     ENV_PREFIX,
     PATH_PREFIX,
+    AdmissionSettings,
     CorsSettings,
     LogSettings,
     RetentionSettings,
@@ -42,6 +43,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "log": LogSettings,
     "store": StoreSettings,
     "security": SecuritySettings,
+    "admission": AdmissionSettings,
     "cors": CorsSettings,
 }
 
@@ -131,6 +133,9 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "retention.seconds": _non_negative,
     "retention.max_bytes": _non_negative,
     "security.fingerprint_key": _key_length,
+    "admission.max_jobs": _non_negative,
+    "admission.max_jobs_per_customer": _non_negative,
+    "admission.retry_after": _positive,
     "cors.allow_origins": _origins,
     "cors.max_age": _non_negative,
 }

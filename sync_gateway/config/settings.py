@@ -103,6 +103,15 @@ class StoreSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AdmissionSettings:
+    """How many jobs may be followed at once before new creates are refused (0: no bound)."""
+
+    max_jobs: int = 0
+    max_jobs_per_customer: int = 0
+    retry_after: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class SecuritySettings:
     """Who may see a job, and what task output may set."""
 
@@ -167,6 +176,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
     default_format: FormatName = "output"
     cancel_on_disconnect: bool = False

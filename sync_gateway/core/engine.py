@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     pass
 
 log = structlog.get_logger("sync_gateway.engine")
+
+
+def tenant_of(ref: JobRef) -> str:
+    """Whose job it is, for admission: the TheEye customer, else the route's name."""
+    return f"customer:{ref.customer}" if ref.customer else f"route:{ref.adapter}"
 
 
 def _wake(waiter: asyncio.Future[Snapshot | None], *_: object) -> None:
@@ -58,6 +64,8 @@ class Engine:
         self.settings = follower.settings
         self.metrics = follower.metrics
         self._watches: dict[str, Watch] = {}
+        # Jobs followed now, by customer (TheEye) or route: what admission bounds.
+        self.in_flight: Counter[str] = Counter()
         self._loop = asyncio.get_running_loop()
         self._drain_over: asyncio.Future[None] = self._loop.create_future()
         self.draining = False
@@ -65,6 +73,10 @@ class Engine:
         self._waiters: set[asyncio.Future[Snapshot | None]] = set()
 
     # ---- watches -------------------------------------------------------------------------
+
+    def watching_count(self) -> int:
+        """How many jobs are followed now."""
+        return len(self._watches)
 
     def watching(self, key: str) -> Watch | None:
         """The running watch of a job, if any."""
@@ -85,6 +97,7 @@ class Engine:
         owner = self.fingerprints.of(credentials)
         w = Watch(ref, credentials, owner, last, self._loop.create_future(), known=known)
         self._watches[ref.key] = w
+        self.in_flight[tenant_of(ref)] += 1
         w.task = self._loop.create_task(self._run(w), name=f"watch:{ref.key}")
         self.metrics.active_watchers.inc()
         return w
@@ -111,6 +124,10 @@ class Engine:
                 w.future.set_exception(GatewayError("the gateway failed while watching the job"))
         finally:
             self._watches.pop(w.ref.key, None)
+            tenant = tenant_of(w.ref)
+            self.in_flight[tenant] -= 1
+            if not self.in_flight[tenant]:
+                del self.in_flight[tenant]
             self.metrics.active_watchers.dec()
             # A watch future nobody awaited must not warn at garbage collection.
             if w.future.done() and not w.future.cancelled():

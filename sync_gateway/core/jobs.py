@@ -16,8 +16,8 @@ import structlog
 
 from sync_gateway.config import Settings
 from sync_gateway.core.access import Access
-from sync_gateway.core.engine import Engine
-from sync_gateway.core.errors import GatewayError, OutcomeUnknown
+from sync_gateway.core.engine import Engine, tenant_of
+from sync_gateway.core.errors import GatewayError, OutcomeUnknown, TooManyRequests
 from sync_gateway.core.following import Watch
 from sync_gateway.core.types import Created, CreateRequest, Credentials, JobRef, Retained, Snapshot
 from sync_gateway.store.base import ResultStore
@@ -99,6 +99,12 @@ class Jobs:
                     raise
                 log.info("idempotent_replay", job_id=ref.id)
                 return Started(ref, await self._last_known(ref), None, create.credentials)
+        try:
+            self._admit(adapter, create)
+        except TooManyRequests:
+            if key is not None:
+                self.store.settle(key, None)
+            raise
         task = asyncio.ensure_future(self._create(adapter, create))
         try:
             created = await asyncio.wait_for(asyncio.shield(task), budget)
@@ -127,6 +133,28 @@ class Jobs:
             await self.access.check(running.ref, running.owner, creds)
         await self._adopted(created, creds, key)
         return Started(created.ref, created.snapshot, created, creds)
+
+    def _admit(self, adapter: Adapter, create: CreateRequest) -> None:
+        """Admission (``[admission]``): refuse a new job at once (429, Retry-After) when as many
+        are followed already, in all or for its customer; never queue without bound. Only a
+        create is refused: a re-attach, or a retry attaching to its key's job, never is."""
+        bounds = self.settings.admission
+        scope = None
+        if bounds.max_jobs and self.engine.watching_count() >= bounds.max_jobs:
+            scope = "total"
+        elif bounds.max_jobs_per_customer:
+            customer = create.params.get("customer")
+            tenant = tenant_of(JobRef(adapter.name, "", customer=customer or None))
+            if self.engine.in_flight[tenant] >= bounds.max_jobs_per_customer:
+                scope = "customer"
+        if scope is None:
+            return
+        self.engine.metrics.admission_refused.labels(scope=scope).inc()
+        raise TooManyRequests(
+            f"too many jobs in flight ({scope}): retry after {bounds.retry_after} s",
+            retry_after=bounds.retry_after,
+            scope=scope,
+        )
 
     async def _create(self, adapter: Adapter, create: CreateRequest) -> Created:
         """The upstream's create, with the credentials the job is watched with resolved and,

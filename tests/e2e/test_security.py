@@ -309,3 +309,27 @@ async def test_only_the_creators_hang_up_cancels_with_cancel_on_disconnect(
         "the job to be cancelled",
     )
     assert (await stats(http, emulator))["cancel"] == 1
+
+
+async def test_admission_refuses_creates_past_the_bound_at_once_and_never_a_reattach(
+    emulator: EmulatorServer, make_gateway: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    gw: Gateway = await make_gateway(
+        emulator.url, admission={"max_jobs_per_customer": 2, "retry_after": 3}
+    )
+    url = f"{gw.url}/{CUSTOMER}/task/{DELAY_TASK}/job?{QUERY}"
+    locations = []
+    for _ in range(2):
+        status, _, resp = await call(http, "POST", url, json=[30], headers=RESPOND_ASYNC)
+        assert status == 202
+        locations.append(resp.headers["Location"])
+    before = (await stats(http, emulator))["create"]
+    status, body, resp = await call(http, "POST", url, json=[30], headers=RESPOND_ASYNC)
+    assert (status, body["error"], body["scope"]) == (429, "too_many_requests", "customer")
+    assert resp.headers["Retry-After"] == "3"
+    assert (await stats(http, emulator))["create"] == before  # refused before the upstream
+    # Re-attaching to a job in flight is never refused.
+    status, _, _ = await call(http, "GET", gw.url + locations[0], headers=RESPOND_ASYNC)
+    assert status == 202
+    scrape = await call(http, "GET", gw.url + "/metrics")
+    assert 'sync_gateway_admission_refused_total{scope="customer"} 1.0' in scrape[1].decode()

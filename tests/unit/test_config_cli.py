@@ -18,7 +18,17 @@ from sync_gateway.core.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "config.example.toml"
-SECTIONS = ("server", "upstream", "wait", "retention", "log", "store", "security", "cors")
+SECTIONS = (
+    "server",
+    "upstream",
+    "wait",
+    "retention",
+    "log",
+    "store",
+    "security",
+    "cors",
+    "admission",
+)
 
 
 def write(tmp_path: Path, text: str, name: str = "gateway.toml") -> Path:
