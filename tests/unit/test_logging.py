@@ -294,3 +294,22 @@ async def test_no_credential_reaches_the_logs_of_a_running_gateway(
     assert accepted["job_id"]
     assert any("/secret/***/" in e["path"] for e in requests)
     assert all(e["request_id"] for e in requests)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://h.example/path?key=K-SECRET",
+        "https://h.example/x?sig=K-SECRET&other=K-SECRET",
+        "https://bucket.example/o?X-Amz-Signature=K-SECRET&X-Amz-Credential=K-SECRET",
+        "http://h.example/cb?code=K-SECRET",
+        "http://h.example/?pw=K-SECRET",
+        "http://user:K-SECRET@h.example/",
+        "redis://:K-SECRET@127.0.0.1:6379/0",
+        "http://K-SECRET@h.example/",
+    ],
+)
+def test_every_urls_userinfo_and_query_values_are_masked(url: str) -> None:
+    event = gw_logging.redact(None, "info", {"event": "gateway_listening", "upstream": url})
+    assert "K-SECRET" not in str(event)
+    assert "h.example" in str(event) or "127.0.0.1" in str(event)  # the rest stays readable
