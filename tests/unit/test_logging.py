@@ -301,7 +301,7 @@ async def test_no_credential_reaches_the_logs_of_a_running_gateway(
     [
         "https://h.example/path?key=K-SECRET",
         "https://h.example/x?sig=K-SECRET&other=K-SECRET",
-        "https://bucket.example/o?X-Amz-Signature=K-SECRET&X-Amz-Credential=K-SECRET",
+        "https://h.example/o?X-Amz-Signature=K-SECRET&X-Amz-Credential=K-SECRET",
         "http://h.example/cb?code=K-SECRET",
         "http://h.example/?pw=K-SECRET",
         "http://user:K-SECRET@h.example/",
