@@ -690,10 +690,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--autoremove",
         type=int,
-        default=100_000,
+        default=0,
         help="the emulator's autoremove limit: 5 is the supervisor's default, which deletes"
         " finished jobs under more concurrency than that (the README tells operators to raise"
-        " it); the default here is above any concurrency the bench makes; 0 keeps every job",
+        " it above their concurrency); 0, the default here, keeps every job",
     )
     p.add_argument(
         "--token",
