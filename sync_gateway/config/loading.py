@@ -20,31 +20,17 @@ import yarl
 from sync_gateway.config.settings import (
     ENV_PREFIX,
     PATH_PREFIX,
-    AdmissionSettings,
-    CorsSettings,
-    LogSettings,
-    RetentionSettings,
     RouteSettings,
-    SecuritySettings,
-    ServerSettings,
     Settings,
-    StoreSettings,
-    UpstreamSettings,
-    WaitSettings,
     placeholders,
 )
 from sync_gateway.core.errors import ConfigError
 
+# The sections of a config file ([server], [upstream], …): every dataclass field of Settings.
 _SECTIONS: dict[str, type[Any]] = {
-    "server": ServerSettings,
-    "upstream": UpstreamSettings,
-    "wait": WaitSettings,
-    "retention": RetentionSettings,
-    "log": LogSettings,
-    "store": StoreSettings,
-    "security": SecuritySettings,
-    "admission": AdmissionSettings,
-    "cors": CorsSettings,
+    name: hint
+    for name, hint in get_type_hints(Settings).items()
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint)
 }
 
 
