@@ -77,7 +77,7 @@ def _is_secret_name(name: str) -> bool:
 # have none, and looking for them is much cheaper than six substitutions.
 _MAYBE = re.compile(r"(?i)[=:@]|/secret/|bearer|basic")
 # Keys the gateway itself fills with values that never carry a credential.
-_SAFE_KEYS = frozenset({"level", "timestamp", "job_id", "route", "method", "status"})
+_SAFE_KEYS = frozenset({"level", "timestamp", "job_id", "route", "method", "status", "trace_id"})
 _SAFE_VALUES = (str, int)
 
 

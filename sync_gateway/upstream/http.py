@@ -30,6 +30,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from sync_gateway.config import UpstreamSettings
+from sync_gateway.core import tracing
 from sync_gateway.core.errors import (
     ResultTooLarge,
     UpstreamBadResponse,
@@ -277,12 +278,16 @@ class UpstreamClient:
     async def _once(self, call: _Call) -> Response:
         kind = call.kind
         client_timeout = self._timeout_of(call.timeout)
+        headers = call.headers
+        trace = tracing.CURRENT.get()
+        if trace is not None:  # the call's trace, carried upstream (W3C trace context)
+            headers = {**headers, **trace.outgoing()} if headers else trace.outgoing()
         try:
             async with self.session.request(
                 call.method,
                 call.url,
                 params=call.params,
-                headers=call.headers,
+                headers=headers,
                 data=call.data,
                 timeout=client_timeout,
                 allow_redirects=False,

@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from sync_gateway.core import errors as e
+from sync_gateway.core import tracing
 from sync_gateway.web.keys import METRICS
 from sync_gateway.web.respond import json_response
 
@@ -98,7 +99,11 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
     # The route's pattern, never the path: a bounded label set with no ids or secrets in it.
     route_name = resource.canonical if resource is not None else "unmatched"
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id, route=route_name)
+    trace = tracing.from_headers(request.headers)
+    tracing.CURRENT.set(trace)  # carried to the upstream requests made for this call
+    structlog.contextvars.bind_contextvars(
+        request_id=request_id, route=route_name, trace_id=trace.trace_id
+    )
     started = time.monotonic()
     status = 500
     job_id: str | None = None
