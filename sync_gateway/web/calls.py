@@ -103,11 +103,14 @@ class Calls:
         query: MultiMapping[str],
         prefer: tuple[str, ...] = (),
         creator: bool = True,
+        handed: float | None = None,
     ) -> web.Response:
-        """Wait up to ``seconds``: the result, or 202 when the budget ran out first."""
+        """Wait up to ``seconds``: the result, or 202 when the budget ran out first, whose
+        Location keeps ``handed`` (the client's first budget; by default ``seconds``)."""
         started = time.monotonic()
         snap = await self.engine.wait(watch, seconds, creator)
-        return self.waited(watch, snap, started, fmt, query, prefer, seconds)
+        kept = seconds if handed is None else handed
+        return self.waited(watch, snap, started, fmt, query, prefer, kept)
 
     def waited(
         self,

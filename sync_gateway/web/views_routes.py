@@ -3,8 +3,6 @@ and wait, and re-attach by ``/jobs/{route}/{id}/result``."""
 
 from __future__ import annotations
 
-import time
-
 import structlog
 from aiohttp import web
 
@@ -51,8 +49,7 @@ class RouteViews(Calls):
         if isinstance(found, Retained):
             return self.answer(found.ref, found.snapshot, fmt)
         creator = self.jobs.is_creator(found.owner, creds)
-        started = time.monotonic()
-        snap = await self.engine.wait(found, budget.seconds, creator)
-        return self.waited(
-            found, snap, started, fmt, query, budget.applied, handed_out(query, budget.seconds)
+        handed = handed_out(query, budget.seconds)
+        return await self.wait_and_answer(
+            found, budget.seconds, fmt, query, budget.applied, creator, handed
         )
