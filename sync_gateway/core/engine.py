@@ -69,7 +69,7 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         self._drain_over: asyncio.Future[None] = self._loop.create_future()
         self.draining = False
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[object]] = set()
         self._waiters: set[asyncio.Future[Snapshot | None]] = set()
 
     # ---- watches -------------------------------------------------------------------------
@@ -83,7 +83,12 @@ class Engine:
         return self._watches.get(key)
 
     def watch(
-        self, ref: JobRef, credentials: Credentials, last: Snapshot, known: bool = True
+        self,
+        ref: JobRef,
+        credentials: Credentials,
+        last: Snapshot,
+        known: bool = True,
+        owner: bytes | None = None,
     ) -> Watch:
         """The job's watch, started now if there is none (single flight per job). ``known``:
         the gateway created the job (or kept its ref), so the upstream had it."""
@@ -94,7 +99,8 @@ class Engine:
             # Waiting needs only state and lifecycle (the 202 summary): pinning the created
             # document for every waiting job would cost kilobytes each.
             last = Snapshot(False, last.state, last.lifecycle, kind=last.kind)
-        owner = self.fingerprints.of(credentials)
+        if owner is None:  # (the caller's fingerprint, unless the caller already has it)
+            owner = self.fingerprints.of(credentials)
         w = Watch(ref, credentials, owner, last, self._loop.create_future(), known=known)
         self._watches[ref.key] = w
         self.in_flight[tenant_of(ref)] += 1
@@ -208,7 +214,7 @@ class Engine:
         else:
             log.warning("job_cancel_refused", job_id=w.ref.id, upstream_status=status)
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         """Run a coroutine in the background, kept referenced until it ends."""
         task = self._loop.create_task(coro)
         self._background.add(task)
@@ -237,8 +243,8 @@ class Engine:
     async def close(self) -> None:
         """Stop every watch (on shutdown, after the drain)."""
         self._end_drain()
-        tasks = [w.task for w in self._watches.values() if w.task is not None]
-        tasks += list(self._background)
+        tasks: list[asyncio.Task[Any]] = [w.task for w in self._watches.values() if w.task]
+        tasks += self._background
         for task in tasks:
             task.cancel()
         for task in tasks:

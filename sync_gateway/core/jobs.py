@@ -41,6 +41,7 @@ class Started:
     last: Snapshot
     created: Created | None
     credentials: Credentials
+    owner: bytes | None = None  # their fingerprint, once computed (None: not yet)
 
 
 class Jobs:
@@ -131,8 +132,8 @@ class Jobs:
         running = self.engine.watching(created.ref.key)
         if running is not None:  # an upstream job id reused: only who may see it attaches
             await self.access.check(running.ref, running.owner, creds)
-        await self._adopted(created, creds, key)
-        return Started(created.ref, created.snapshot, created, creds)
+        owner = await self._adopted(created, creds, key)
+        return Started(created.ref, created.snapshot, created, creds, owner)
 
     def _admit(self, adapter: Adapter, create: CreateRequest) -> None:
         """Admission (``[admission]``): refuse a new job at once (429, Retry-After) when as many
@@ -178,8 +179,9 @@ class Jobs:
             return
         created = task.result()
         creds = created.credentials or creds
-        self.engine.spawn(self._adopted(created, creds, key))
-        watch = self.engine.watch(created.ref, creds, created.snapshot)
+        owner = self.access.fingerprints.of(creds)
+        self.engine.spawn(self._adopted(created, creds, key, owner))
+        watch = self.engine.watch(created.ref, creds, created.snapshot, owner=owner)
         if hung_up and self.settings.cancel_on_disconnect:
             self.engine.spawn(self.engine.cancel_unless_waited(watch))
 
@@ -195,11 +197,17 @@ class Jobs:
         else:
             self.store.settle(key, None)
 
-    async def _adopted(self, created: Created, creds: Credentials, key: str | None) -> None:
-        await self.store.remember_ref(created.ref, self.access.fingerprints.of(creds))
+    async def _adopted(
+        self, created: Created, creds: Credentials, key: str | None, owner: bytes | None = None
+    ) -> bytes:
+        """Remember the created job (and settle its key); the creator's fingerprint."""
+        if owner is None:
+            owner = self.access.fingerprints.of(creds)
+        await self.store.remember_ref(created.ref, owner)
         if key is not None:
             self.store.settle(key, created.ref)
         log.debug("job_created", job_id=created.ref.id, state=created.snapshot.state)
+        return owner
 
     async def _last_known(self, ref: JobRef) -> Snapshot:
         watch = self.engine.watching(ref.key)

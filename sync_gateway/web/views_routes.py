@@ -23,7 +23,7 @@ class RouteViews(Calls):
         started = await self.jobs.create_once(adapter, call.create, call.budget.create_seconds)
         ref = started.ref
         structlog.contextvars.bind_contextvars(job_id=ref.id)
-        watch = self.engine.watch(ref, started.credentials, started.last)
+        watch = self.engine.watch(ref, started.credentials, started.last, owner=started.owner)
         del call, started  # nothing of the create is needed while waiting
         if budget.respond_async:
             return self.accepted(ref, watch.last, fmt, query, budget.applied)

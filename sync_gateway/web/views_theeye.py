@@ -30,11 +30,11 @@ class TheEyeViews(Calls):
         ref = started.ref
         structlog.contextvars.bind_contextvars(job_id=ref.id)
         if wait_result:
-            self.engine.watch(ref, started.credentials, started.last)
+            self.engine.watch(ref, started.credentials, started.last, owner=started.owner)
             return self._see_other_from_create(ref, query, started.created)
         if "customer" not in request.match_info:
             return self._pass_through(ref, started.created)
-        watch = self.engine.watch(ref, started.credentials, started.last)
+        watch = self.engine.watch(ref, started.credentials, started.last, owner=started.owner)
         del call, started  # nothing of the create is needed while waiting
         if budget.respond_async:
             return self.accepted(ref, watch.last, fmt, query, budget.applied)
