@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aioresponses import aioresponses
@@ -65,6 +67,20 @@ def gateway_settings(upstream_url: str, **sections: dict[str, Any]) -> Settings:
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
     return load(None, {}, overrides)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The logging set-up as it was before the test configured its own."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.getLogger("aiohttp.access").disabled = False
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import time
-from collections.abc import Iterator
 
 import aiohttp
 import orjson
@@ -26,19 +25,6 @@ from sync_gateway.store.memory import MemoryStore
 from sync_gateway.upstream.http import UpstreamClient
 
 PLANTED = "PLANTED-TOKEN-321"
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield
-    finally:
-        structlog.reset_defaults()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        logging.getLogger("aiohttp.access").disabled = False
 
 
 # ---- log lines -----------------------------------------------------------------------------
