@@ -1,13 +1,14 @@
 # sync-gateway: one blocking HTTP call in front of an asynchronous job API.
-# The image a deployment of replicas needs: the gateway with uvloop (default) and the Redis
-# extra, running as an unprivileged user, checked on the port it is configured for.
+# The image a deployment of replicas needs: the gateway with uvloop (default), the Redis extra
+# and the tracing extra (OpenTelemetry, off unless SYNC_GATEWAY_TRACING_ENABLED=true), running
+# as an unprivileged user, checked on the port it is configured for.
 FROM python:3.12-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sync_gateway ./sync_gateway
 # The project's own pyproject pins its dependencies' ranges; the build installs this checkout.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir --prefix=/install ".[redis]"
+RUN pip install --no-cache-dir --prefix=/install ".[redis,tracing]"
 
 FROM python:3.12-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -14,6 +15,7 @@ from aiohttp import web
 from sync_gateway.config import Settings
 from sync_gateway.core.access import Access, Fingerprints
 from sync_gateway.core.engine import Engine
+from sync_gateway.core.errors import StartupError
 from sync_gateway.core.following import Follower
 from sync_gateway.core.jobs import Jobs
 from sync_gateway.metrics import Metrics
@@ -30,10 +32,16 @@ from sync_gateway.web.routes import add_routes
 from sync_gateway.web.views_routes import RouteViews
 from sync_gateway.web.views_theeye import TheEyeViews
 
+if TYPE_CHECKING:
+    from sync_gateway.telemetry import Telemetry
+
 VIEWS = web.AppKey("views", tuple[TheEyeViews, RouteViews])
+TELEMETRY: web.AppKey[Telemetry | None] = web.AppKey("telemetry")
 
 
-def _session(settings: Settings) -> aiohttp.ClientSession:
+def _session(
+    settings: Settings, trace_configs: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
     """The one ClientSession: ordinary requests bounded by pool_size, long polls apart."""
     up = settings.upstream
     connector = aiohttp.TCPConnector(
@@ -43,7 +51,7 @@ def _session(settings: Settings) -> aiohttp.ClientSession:
         enable_cleanup_closed=True,
     )
     timeout = aiohttp.ClientTimeout(total=up.request_timeout, sock_connect=up.connect_timeout)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=trace_configs)
 
 
 async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -59,7 +67,8 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     # One process with the memory store: a key of its own (its creators live and die with it).
     key = settings.security.fingerprint_key.encode() or secrets.token_bytes(32)
     fingerprints = Fingerprints(key)
-    session = _session(settings)
+    telemetry = app[TELEMETRY]
+    session = _session(settings, telemetry.trace_configs() if telemetry else None)
     client = UpstreamClient(session, settings.upstream, metrics)
     adapters = build_adapters(settings, client)
     follower = Follower(adapters, store, settings, metrics, coordinator)
@@ -81,6 +90,8 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         shared = app.get(REDIS)
         await (shared.close() if shared is not None else store.close())
         await session.close()
+        if telemetry is not None:
+            await telemetry.close()
 
 
 async def on_shutdown(app: web.Application) -> None:
@@ -88,11 +99,35 @@ async def on_shutdown(app: web.Application) -> None:
     app[ENGINE].begin_drain(app[SETTINGS].server.drain_seconds)
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
-    """The gateway application."""
-    app = web.Application(
-        client_max_size=settings.server.max_body_bytes, middlewares=[context_middleware]
+def telemetry_class() -> type[Telemetry]:
+    """The OpenTelemetry wiring, imported only when tracing is enabled (an optional extra)."""
+    try:
+        from sync_gateway.telemetry import Telemetry
+    except ImportError as exc:
+        raise StartupError(
+            f"tracing.enabled needs the tracing extra (pip install 'sync-gateway[tracing]'): {exc}"
+        ) from exc
+    return Telemetry
+
+
+def _telemetry(settings: Settings, span_exporter: Any) -> Telemetry | None:
+    if not settings.tracing.enabled:
+        return None
+    return telemetry_class()(settings.tracing, span_exporter)
+
+
+def create_app(
+    settings: Settings, metrics: Metrics | None = None, span_exporter: Any = None
+) -> web.Application:
+    """The gateway application (``span_exporter``: with ``[tracing] enabled``, an OpenTelemetry
+    exporter of the caller's instead of the one the settings name)."""
+    telemetry = _telemetry(settings, span_exporter)
+    make = telemetry.application if telemetry is not None else web.Application
+    app = make(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[context_middleware, *(telemetry.middlewares() if telemetry else ())],
     )
+    app[TELEMETRY] = telemetry
     app[SETTINGS] = settings
     app[METRICS] = metrics if metrics is not None else Metrics()
     limits = HeaderLimits(denied=settings.security.task_headers_denied)

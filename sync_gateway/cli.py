@@ -130,6 +130,10 @@ def startup_checks(settings: Settings) -> None:
         from sync_gateway.store import redis_backend
 
         redis_backend()
+    if settings.tracing.enabled:
+        from sync_gateway.app import telemetry_class
+
+        telemetry_class()
     server = settings.server
     if server.workers > 1:
         return  # the workers share the port (SO_REUSEPORT)

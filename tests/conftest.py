@@ -51,8 +51,8 @@ class Gateway:
         await self.runner.cleanup()
 
 
-async def start_gateway(settings: Settings) -> Gateway:
-    app = create_app(settings)
+async def start_gateway(settings: Settings, span_exporter: Any = None) -> Gateway:
+    app = create_app(settings, span_exporter=span_exporter)
     # The serving stack of `sync-gateway serve`: connection cap, head deadline, JSON 400s.
     runner = GatewayRunner(app, settings, handler_cancellation=True, shutdown_timeout=5)
     await runner.setup()
@@ -90,8 +90,10 @@ async def cleanup() -> AsyncIterator[AsyncExitStack]:
         yield stack
 
 
-async def started_gateway(cleanup: AsyncExitStack, settings: Settings) -> Gateway:
-    gw = await start_gateway(settings)
+async def started_gateway(
+    cleanup: AsyncExitStack, settings: Settings, span_exporter: Any = None
+) -> Gateway:
+    gw = await start_gateway(settings, span_exporter)
     cleanup.push_async_callback(gw.stop)
     return gw
 

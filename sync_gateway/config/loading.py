@@ -81,6 +81,10 @@ def _origins(value: tuple[str, ...]) -> str | None:
     return None
 
 
+def _ratio(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be between 0 and 1"
+
+
 def _http_url(value: str) -> str | None:
     try:
         url = yarl.URL(value)
@@ -124,6 +128,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "admission.retry_after": _positive,
     "cors.allow_origins": _origins,
     "cors.max_age": _non_negative,
+    "tracing.endpoint": _http_url,
+    "tracing.sample_ratio": _ratio,
 }
 _SECRET_KEYS = ("key", "password", "secret", "token")
 

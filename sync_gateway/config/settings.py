@@ -19,6 +19,7 @@ LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 AdapterName = Literal["theeye", "location-poll", "executejob"]
 StoreBackend = Literal["memory", "redis"]
+SpanExporter = Literal["otlp", "console"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,20 @@ class SecuritySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """OpenTelemetry spans (the ``tracing`` extra): off unless enabled."""
+
+    enabled: bool = False
+    # "otlp": OTLP over HTTP (protobuf) to `endpoint`; "console": one JSON span a line on stdout.
+    exporter: SpanExporter = "otlp"
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    service_name: str = "sync-gateway"
+    # The share of new traces recorded; a call whose client's traceparent says "sampled" (or
+    # not) follows its client's decision.
+    sample_ratio: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class CorsSettings:
     """Browsers on other origins (CORS): off unless origins are listed."""
 
@@ -178,6 +193,7 @@ class Settings:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     default_format: FormatName = "output"
     cancel_on_disconnect: bool = False
     routes: tuple[RouteSettings, ...] = ()

@@ -26,6 +26,9 @@ class TraceContext:
     trace_id: str
     flags: str = "01"
     state: str = ""
+    # False when OpenTelemetry's client instrumentation sends each upstream request's
+    # traceparent itself (sync_gateway.telemetry): then the trace is only logged from here.
+    carry: bool = True
 
     def outgoing(self) -> dict[str, str]:
         """Headers for one upstream request: the trace, with a span id of its own."""

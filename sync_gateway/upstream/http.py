@@ -280,7 +280,7 @@ class UpstreamClient:
         client_timeout = self._timeout_of(call.timeout)
         headers = call.headers
         trace = tracing.CURRENT.get()
-        if trace is not None:  # the call's trace, carried upstream (W3C trace context)
+        if trace is not None and trace.carry:  # the call's trace, carried upstream (W3C)
             headers = {**headers, **trace.outgoing()} if headers else trace.outgoing()
         try:
             async with self.session.request(

@@ -9,48 +9,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from conftest import Gateway
+from support.miniature import JOB, header_recording_supervisor
 
 from sync_gateway.core.tracing import from_headers
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
 TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-01")
-JOB = "6b0000000000000000000001"
 
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
-    """A supervisor in miniature that records the headers of every request: the create, then
-    a long poll that says "not yet" once, then the finished job."""
-    seen: list[dict[str, str]] = []
-    polls = {"n": 0}
-    doc: dict[str, Any] = {"id": JOB, "customer_name": "demo", "state": "in_progress"}
-
-    async def create(request: web.Request) -> web.Response:
-        seen.append(dict(request.headers))
-        return web.json_response({**doc, "lifecycle": "ready"})
-
-    async def result(request: web.Request) -> web.Response:
-        seen.append(dict(request.headers))
-        polls["n"] += 1
-        if polls["n"] == 1:
-            return web.json_response({}, status=303)
-        return web.json_response(
-            {**doc, "state": "success", "lifecycle": "finished", "output": ["ok"]}
-        )
-
-    app = web.Application()
-    app.router.add_post("/demo/task/{task}/job", create)
-    app.router.add_get("/job/{job}/result", result)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/"), seen
-    finally:
-        await server.close()
+    async with header_recording_supervisor() as (url, seen):
+        yield url, seen
 
 
 async def call(http: aiohttp.ClientSession, gw: Gateway, headers: dict[str, str]) -> None:

@@ -18,16 +18,11 @@ from sync_gateway.core.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "config.example.toml"
-SECTIONS = (
-    "server",
-    "upstream",
-    "wait",
-    "retention",
-    "log",
-    "store",
-    "security",
-    "cors",
-    "admission",
+# The [sections]: every field of Settings that is a settings class of its own.
+SECTIONS = tuple(
+    f.name
+    for f in dataclasses.fields(Settings)
+    if dataclasses.is_dataclass(getattr(Settings(), f.name))
 )
 
 
