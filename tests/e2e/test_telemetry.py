@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from support.helpers import eventually
 from support.miniature import JOB, header_recording_supervisor
 from support.processes import cli_env, free_port, start_cli, stop_cli
 
@@ -97,6 +98,32 @@ async def test_a_call_is_a_server_span_and_each_upstream_request_a_client_span_o
     assert {hex_ids(s)[2] for s in clients} == {server_id}
     out = capsys.readouterr().out
     assert f"trace_id={TRACE}" in out and f"span_id={server_id}" in out
+
+
+async def test_a_watch_that_outlives_its_call_still_makes_children_of_its_span(
+    upstream: tuple[str, list[dict[str, str]]],
+    traced_gateway: Callable[..., Any],
+    spans: InMemorySpanExporter,
+    http: aiohttp.ClientSession,
+) -> None:
+    url, seen = upstream
+    gw: Gateway = await traced_gateway(url)
+    target = f"{gw.url}/demo/task/{JOB}/job?access_token={TOKEN}"
+    async with http.post(target, headers={"Prefer": "respond-async"}) as resp:
+        assert resp.status == 202  # the call has ended; the job's watch goes on
+    await eventually(lambda: len(seen) == 3, "the watch to read the finished job")
+    await eventually(
+        lambda: len(spans.get_finished_spans()) == 4, "the watch's requests to end their spans"
+    )
+    finished = spans.get_finished_spans()
+    (server,) = [s for s in finished if s.kind is SpanKind.SERVER]
+    assert server.attributes is not None and server.attributes["http.status_code"] == 202
+    server_id = hex_ids(server)[1]
+    clients = [s for s in finished if s.kind is SpanKind.CLIENT]
+    assert {hex_ids(s)[2] for s in clients} == {server_id}
+    # The last read was made after the call's span had ended.
+    assert server.end_time is not None
+    assert max(s.end_time or 0 for s in clients) > server.end_time
 
 
 async def test_no_credential_reaches_a_span(
