@@ -18,6 +18,7 @@ Off, this module is never imported: no span, no middleware, no trace config.
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,20 +52,26 @@ from opentelemetry.util.types import Attributes
 
 from sync_gateway.config.settings import TracingSettings
 from sync_gateway.core import tracing
-from sync_gateway.logging import scrub
+from sync_gateway.logging import MASK, is_secret_key, scrub
 
 Handler = Callable[[web.Request], Any]
+# The attributes that can hold a URL or a query (http.url, url.full, http.target, url.query,
+# server.address, …): the others (methods, status codes, routes) cannot hold a credential.
+_URL_LIKE = re.compile(r"url|target|query|path|address|host|name")
 # Probes and scrapes, every few seconds from the orchestrator: no trace of their own.
 UNTRACED_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class MaskCredentials(SpanProcessor):
-    """Masks credentials in a span's string attributes as it starts (URLs, queries, targets),
-    as the log redaction does: the instrumentations set them all when they start a span."""
+    """Masks credentials in the attributes a span starts with, as the log redaction does: a
+    captured header named like a credential (``http.request.header.authorization``) whole, and
+    the values in every URL, target and query (TheEye's ``access_token=``)."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         for key, value in list((span.attributes or {}).items()):
-            if isinstance(value, str):
+            if is_secret_key(key):
+                span.set_attribute(key, MASK)
+            elif isinstance(value, str) and _URL_LIKE.search(key):
                 masked = scrub(value)
                 if masked != value:
                     span.set_attribute(key, masked)
