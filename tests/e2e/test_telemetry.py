@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +216,28 @@ async def collector() -> AsyncIterator[tuple[str, list[ExportTraceServiceRequest
         await server.close()
 
 
+@asynccontextmanager
+async def traced_serve(
+    tmp_path: Path, http: aiohttp.ClientSession, upstream_url: str, tracing: dict[str, str]
+) -> AsyncIterator[str]:
+    """`sync-gateway serve` with tracing on (and these [tracing] settings), stopped (SIGTERM,
+    exit 0) at the end of the block."""
+    port = free_port()
+    settings = {f"SYNC_GATEWAY_TRACING_{key}": value for key, value in tracing.items()}
+    env = cli_env(
+        tmp_path,
+        SYNC_GATEWAY_TRACING_ENABLED="true",
+        SYNC_GATEWAY_SERVER_DRAIN_SECONDS="0",
+        **settings,
+    )
+    args = ["serve", "--upstream", upstream_url, "--port", str(port)]
+    proc = await start_cli(args, env, tmp_path, http, f"http://127.0.0.1:{port}")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        assert await stop_cli(proc) == 0
+
+
 async def test_serve_exports_spans_over_otlp_and_flushes_them_on_stop(
     upstream: tuple[str, list[dict[str, str]]],
     collector: tuple[str, list[ExportTraceServiceRequest]],
@@ -224,22 +246,11 @@ async def test_serve_exports_spans_over_otlp_and_flushes_them_on_stop(
 ) -> None:
     url, seen = upstream
     endpoint, got = collector
-    port = free_port()
-    env = cli_env(
-        tmp_path,
-        SYNC_GATEWAY_TRACING_ENABLED="true",
-        SYNC_GATEWAY_TRACING_ENDPOINT=endpoint,
-        SYNC_GATEWAY_TRACING_SERVICE_NAME="gateway-under-test",
-        SYNC_GATEWAY_SERVER_DRAIN_SECONDS="0",
-    )
-    args = ["serve", "--upstream", url, "--port", str(port)]
-    proc = await start_cli(args, env, tmp_path, http, f"http://127.0.0.1:{port}")
-    try:
-        target = f"http://127.0.0.1:{port}/demo/task/{JOB}/job?access_token={TOKEN}"
+    tracing = {"ENDPOINT": endpoint, "SERVICE_NAME": "gateway-under-test"}
+    async with traced_serve(tmp_path, http, url, tracing) as gateway_url:
+        target = f"{gateway_url}/demo/task/{JOB}/job?access_token={TOKEN}"
         async with http.post(target, headers={"traceparent": f"00-{TRACE}-{PARENT_SPAN}-01"}) as r:
             assert r.status == 200
-    finally:
-        assert await stop_cli(proc) == 0
     # Stopping flushed the batch: every span is there, under the configured service name
     # (and none for the start-up's /healthz probes).
     names, traces = set(), set()
@@ -264,21 +275,11 @@ async def test_a_collector_that_is_down_costs_the_calls_nothing(
     tmp_path: Path,
 ) -> None:
     url, _ = upstream
-    port = free_port()
-    env = cli_env(
-        tmp_path,
-        SYNC_GATEWAY_TRACING_ENABLED="true",
-        SYNC_GATEWAY_TRACING_ENDPOINT=f"http://127.0.0.1:{free_port()}/v1/traces",
-        SYNC_GATEWAY_SERVER_DRAIN_SECONDS="0",
-    )
-    args = ["serve", "--upstream", url, "--port", str(port)]
-    proc = await start_cli(args, env, tmp_path, http, f"http://127.0.0.1:{port}")
-    try:
-        target = f"http://127.0.0.1:{port}/demo/task/{JOB}/job?access_token={TOKEN}"
+    tracing = {"ENDPOINT": f"http://127.0.0.1:{free_port()}/v1/traces"}  # nobody listens
+    async with traced_serve(tmp_path, http, url, tracing) as gateway_url:
+        target = f"{gateway_url}/demo/task/{JOB}/job?access_token={TOKEN}"
         async with http.post(target) as r:
             assert r.status == 200 and await r.json() == ["ok"]
-    finally:
-        assert await stop_cli(proc) == 0
     assert TOKEN not in (tmp_path / "stdout").read_text() + (tmp_path / "stderr").read_text()
 
 
