@@ -42,7 +42,11 @@ TELEMETRY: web.AppKey[Telemetry | None] = web.AppKey("telemetry")
 def _session(
     settings: Settings, trace_configs: list[aiohttp.TraceConfig] | None = None
 ) -> aiohttp.ClientSession:
-    """The one ClientSession: ordinary requests bounded by pool_size, long polls apart."""
+    """The one ClientSession: ordinary requests bounded by pool_size, long polls apart.
+
+    No cookie jar: the session is shared by every caller, so a cookie one caller's request
+    earned upstream must never ride along on another's (the upstream authenticates by the
+    token each request forwards); and no cookie is then filtered or parsed per request."""
     up = settings.upstream
     connector = aiohttp.TCPConnector(
         limit=up.pool_size + up.max_long_polls if up.pool_size > 0 else 0,
@@ -51,7 +55,12 @@ def _session(
         enable_cleanup_closed=True,
     )
     timeout = aiohttp.ClientTimeout(total=up.request_timeout, sock_connect=up.connect_timeout)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=trace_configs)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trace_configs=trace_configs,
+    )
 
 
 async def resources(app: web.Application) -> AsyncIterator[None]:

@@ -92,7 +92,8 @@ class Engine:
     ) -> Watch:
         """The job's watch, started now if there is none (single flight per job). ``known``:
         the gateway created the job (or kept its ref), so the upstream had it."""
-        found = self._watches.get(ref.key)
+        key = ref.key
+        found = self._watches.get(key)
         if found is not None:
             return found
         if not last.finished:
@@ -102,9 +103,9 @@ class Engine:
         if owner is None:  # (the caller's fingerprint, unless the caller already has it)
             owner = self.fingerprints.of(credentials)
         w = Watch(ref, credentials, owner, last, self._loop.create_future(), known=known)
-        self._watches[ref.key] = w
+        self._watches[key] = w
         self.in_flight[tenant_of(ref)] += 1
-        w.task = self._loop.create_task(self._run(w), name=f"watch:{ref.key}")
+        w.task = self._loop.create_task(self._run(w), name=f"watch:{key}")
         self.metrics.active_watchers.inc()
         return w
 

@@ -158,14 +158,15 @@ class Jobs:
         )
 
     async def _create(self, adapter: Adapter, create: CreateRequest) -> Created:
-        """The upstream's create, with the credentials the job is watched with resolved and,
-        where the caller chooses the job's id, the ref scoped by the caller."""
+        """The upstream's create; where the caller chooses the job's id, the ref scoped by the
+        caller. (Its ``credentials`` stay None when they are the request's: both readers fall
+        back to those.)"""
         created = await adapter.create(create)
+        if not adapter.caller_ids:
+            return created
         creds = created.credentials or create.credentials
-        ref = created.ref
-        if adapter.caller_ids:
-            ref = dataclasses.replace(ref, scope=self.scope_of(creds))
-        return dataclasses.replace(created, ref=ref, credentials=creds)
+        ref = dataclasses.replace(created.ref, scope=self.scope_of(creds))
+        return dataclasses.replace(created, ref=ref)
 
     def _adopt(
         self, task: asyncio.Future[Created], creds: Credentials, key: str | None, hung_up: bool

@@ -8,7 +8,6 @@ adapters all import this module, and it imports none of them.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import zlib
 from collections.abc import Iterator, Mapping
@@ -179,8 +178,15 @@ class Snapshot:
         kept = len(document.packed) if isinstance(document, StoredDocument) else 0
         payload = bytes(self.payload)
         # What retention counts: the bytes actually kept, not the size of the upstream's answer.
-        return dataclasses.replace(
-            self, document=document, payload=payload, size=kept + len(payload)
+        # (Built directly: this runs for every finished job, and replace() costs twice as much.)
+        return Snapshot(
+            self.finished,
+            self.state,
+            self.lifecycle,
+            document,
+            kind=self.kind,
+            payload=payload,
+            size=kept + len(payload),
         )
 
     def summary(self, job_id: str) -> dict[str, Any]:

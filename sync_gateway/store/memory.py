@@ -8,7 +8,6 @@ it is served to the waiters that are there and then gone).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections import OrderedDict
 
@@ -85,7 +84,7 @@ class MemoryStore:
             self._publish()
             return False
         # Counted as kept: one copy of the output, compressed when large.
-        item = dataclasses.replace(item, snapshot=item.snapshot.compact())
+        item = Retained(item.ref, item.snapshot.compact(), item.owner, item.expires_at)
         if item.snapshot.size > self.max_bytes:
             self._publish()
             return False

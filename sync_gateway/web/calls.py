@@ -92,7 +92,9 @@ class Calls:
         body = await self.read_body(request)
         parsed = parse.json_body(body)
         create = CreateRequest(params, query, body, request.content_type, creds, idem)
-        create = dataclasses.replace(create, credentials=adapter.credentials(create))
+        resolved = adapter.credentials(create)
+        if resolved is not creds:  # (replace() costs more than the rest of the parse)
+            create = dataclasses.replace(create, credentials=resolved)
         return Call(create, query, fmt, budget, parsed)
 
     async def wait_and_answer(

@@ -210,14 +210,21 @@ def _values(query: object, key: str) -> list[str]:
     return []
 
 
+_KINDS = tuple(FormatKind)  # (iterating the enum class itself is slow: once per call here)
+_NAMES = frozenset(kind.value for kind in FormatKind)
+_PLAIN_FORMATS = {kind: Format(kind) for kind in FormatKind}
+
+
 def parse_format(query: Any, default: FormatKind) -> Format:
     """The format a request's query asks for (a multidict with ``getall`` or a Mapping).
 
     Raises :class:`BadRequest` for a bad ``parse`` value (parameter ``parse``), for two different
     ``parse`` indexes (``parse``), and for two different formats at once (``format``).
     """
+    if _NAMES.isdisjoint(query):
+        return _PLAIN_FORMATS[default]  # most calls name no format
     found: list[Format] = []
-    for kind in FormatKind:
+    for kind in _KINDS:
         values = _values(query, kind.value)
         if not values:
             continue
@@ -244,4 +251,4 @@ def parse_format(query: Any, default: FormatKind) -> Format:
         raise BadRequest(
             f"only one result format may be asked for, got: {names}", parameter="format"
         )
-    return found[0] if found else Format(default)
+    return found[0] if found else _PLAIN_FORMATS[default]

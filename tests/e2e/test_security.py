@@ -13,6 +13,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from conftest import CUSTOMER, OTHER_TOKEN, TOKEN, Gateway, started_gateway
 from support.helpers import call, eventually, stats
 
@@ -333,3 +335,39 @@ async def test_admission_refuses_creates_past_the_bound_at_once_and_never_a_reat
     assert status == 202
     scrape = await call(http, "GET", gw.url + "/metrics")
     assert 'sync_gateway_admission_refused_total{scope="customer"} 1.0' in scrape[1].decode()
+
+
+async def test_a_cookie_the_upstream_sets_for_one_caller_never_reaches_another(
+    make_gateway: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """The upstream session is shared by every caller: it keeps no cookie jar."""
+    job = "6b0000000000000000000002"
+    cookies: list[str | None] = []
+
+    async def create(request: web.Request) -> web.Response:
+        cookies.append(request.headers.get("Cookie"))
+        doc = {"id": job, "customer_name": CUSTOMER, "state": "in_progress", "lifecycle": "ready"}
+        resp = web.json_response(doc)
+        resp.set_cookie("session", "for-" + request.query.get("access_token", ""))
+        return resp
+
+    async def result(request: web.Request) -> web.Response:
+        cookies.append(request.headers.get("Cookie"))
+        doc = {"id": job, "state": "success", "lifecycle": "finished", "output": ["ok"]}
+        return web.json_response(doc)
+
+    upstream = web.Application()
+    upstream.router.add_post("/{customer}/task/{task}/job", create)
+    upstream.router.add_get("/job/{job}/result", result)
+    server = TestServer(upstream, host="127.0.0.1")
+    await server.start_server()
+    try:
+        # A host name: a cookie jar would ignore cookies from a bare IP address.
+        gw: Gateway = await make_gateway(f"http://localhost:{server.port}")
+        for token in (TOKEN, OTHER_TOKEN):
+            url = f"{gw.url}/{CUSTOMER}/task/{job}/job?access_token={token}"
+            status, body, _ = await call(http, "POST", url)
+            assert (status, body) == (200, ["ok"])
+    finally:
+        await server.close()
+    assert len(cookies) >= 3 and cookies == [None] * len(cookies)
