@@ -63,8 +63,8 @@ class UpstreamSettings:
     notifications: bool = True
     max_long_polls: int = 500
     list_batch: int = 100
-    # A job watched through the listing is also read by its own request this often: the
-    # listing may hide it (ACL) or fail.
+    # A job watched through the listing is verified this often by an unfiltered listing, and
+    # read by its own request when that does not show it: the listing may hide it (ACL) or fail.
     verify_interval: float = 10.0
     pool_size: int = 256
     retry_attempts: int = 6

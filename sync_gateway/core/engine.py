@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     pass
 
 log = structlog.get_logger("sync_gateway.engine")
+
+# Budgets end on a grid of this many seconds: the waiters whose budgets end in the same
+# slot share one timer (a timer each costs some 500 bytes, times thousands of clients).
+BUDGET_GRAIN = 0.05
 
 
 def tenant_of(ref: JobRef) -> str:
@@ -70,7 +75,8 @@ class Engine:
         self._drain_over: asyncio.Future[None] = self._loop.create_future()
         self.draining = False
         self._background: set[asyncio.Task[object]] = set()
-        self._waiters: set[asyncio.Future[Snapshot | None]] = set()
+        # The waiters whose budgets end in each slot of BUDGET_GRAIN seconds, by slot number.
+        self._budgets: dict[int, set[asyncio.Future[Snapshot | None]]] = {}
 
     # ---- watches -------------------------------------------------------------------------
 
@@ -160,23 +166,38 @@ class Engine:
             return waiter
         relay = functools.partial(_from_watch, waiter)
         w.future.add_done_callback(relay)
-        self._waiters.add(waiter)
-        timer = self._loop.call_later(max(budget, 0.0), _wake, waiter)
+        slot = self._expire_after(waiter, budget)
         w.waiters += 1
         self.metrics.active_waiters.inc()
-        waiter.add_done_callback(functools.partial(self._waited, w, relay, timer, creator))
+        waiter.add_done_callback(functools.partial(self._waited, w, relay, creator, slot))
         return waiter
+
+    def _expire_after(self, waiter: asyncio.Future[Snapshot | None], budget: float) -> int:
+        """Wake ``waiter`` with None when ``budget`` seconds are over (at most BUDGET_GRAIN
+        later), with the other waiters whose budgets end in the same slot: its slot."""
+        slot = math.ceil((self._loop.time() + max(budget, 0.0)) / BUDGET_GRAIN)
+        listed = self._budgets.get(slot)
+        if listed is None:
+            listed = self._budgets[slot] = set()
+            self._loop.call_at(slot * BUDGET_GRAIN, self._expire, slot)
+        listed.add(waiter)
+        return slot
+
+    def _expire(self, slot: int) -> None:
+        for waiter in self._budgets.pop(slot, ()):
+            _wake(waiter)
 
     def _waited(
         self,
         w: Watch,
         relay: Callable[[asyncio.Future[Snapshot | None]], None],
-        timer: asyncio.TimerHandle,
         creator: bool,
+        slot: int,
         waiter: asyncio.Future[Snapshot | None],
     ) -> None:
-        timer.cancel()
-        self._waiters.discard(waiter)
+        listed = self._budgets.get(slot)
+        if listed is not None:  # (its slot's timer keeps running: it finds the set empty)
+            listed.discard(waiter)
         w.future.remove_done_callback(relay)
         w.waiters -= 1
         self.metrics.active_waiters.dec()
@@ -235,8 +256,9 @@ class Engine:
     def _end_drain(self) -> None:
         if not self._drain_over.done():
             self._drain_over.set_result(None)
-        for waiter in list(self._waiters):
-            _wake(waiter)
+        for listed in list(self._budgets.values()):
+            for waiter in listed:
+                _wake(waiter)
 
     def waiter_count(self) -> int:
         return sum(w.waiters for w in self._watches.values())

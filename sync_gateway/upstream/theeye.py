@@ -67,7 +67,13 @@ class TheEyeAdapter(Adapter):
         # once (a job with no customer to list by waits for one; 0 still lets one through).
         self.long_poll_slots = asyncio.Semaphore(max(self.settings.max_long_polls, 1))
         up = self.settings
-        self.batch = BatchWatcher(self.base, self.client, up.poll_interval, up.list_batch)
+        # Jobs a listing saw finished are read with at most this many requests at once, so
+        # that a round finding thousands does not queue the next listings behind its reads
+        # (the pool's queue is first come, first served): the others' ends are still seen.
+        self.listed_reads = asyncio.Semaphore(max(up.pool_size // 2, 1))
+        self.batch = BatchWatcher(
+            self.base, self.client, up.poll_interval, up.list_batch, up.verify_interval
+        )
 
     def _create_url(self, params: Mapping[str, str]) -> str:
         path = f"/task/{_seg(params['task'])}"
@@ -191,13 +197,17 @@ class TheEyeAdapter(Adapter):
         self, ref: JobRef, credentials: Credentials, customer: str, timeout: float
     ) -> Progress:
         """Watch through the shared listing, an accelerator and never the only truth: a job
-        the listing does not show (an ACL hides it, or it failed) is read by its own request
-        every ``verify_interval`` seconds all the same."""
+        no listing vouches for within ``verify_interval`` seconds (an ACL hides it, it was
+        deleted, or the listing failed) is read by its own request."""
         if OBJECT_ID.fullmatch(ref.id) and self.batch.can_list(customer, credentials):
             window = min(timeout, self.settings.verify_interval)
-            seen = await self.batch.finished(customer, credentials, ref.id, window)
-            if seen is not None:  # None: the upstream will not list for this caller
-                return Progress(await self._get_document(ref, credentials), long_polled=True)
+            listed = await self.batch.watch(customer, credentials, ref.id, window)
+            if listed is not None and not listed.finished:  # listed, still running
+                return Progress(listed, long_polled=True)
+            if listed is not None:  # the listing leaves output and result out: read them
+                async with self.listed_reads:
+                    snapshot = await self._get_document(ref, credentials)
+                return Progress(snapshot, long_polled=True)
         return Progress(await self._get_document(ref, credentials), long_polled=False)
 
     async def check_access(self, ref: JobRef, credentials: Credentials) -> None:

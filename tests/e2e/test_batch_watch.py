@@ -78,3 +78,17 @@ async def test_a_failing_listing_is_tried_again(
     counts = await stats(http, emulator)
     assert counts["list"] >= 3
     assert counts["job"] == 1
+
+
+async def test_a_job_a_listing_shows_is_verified_by_it_not_by_reading_it(
+    emulator: EmulatorServer, make_gateway: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    upstream = {**LISTED["upstream"], "verify_interval": 0.3}
+    gateway = await make_gateway(emulator.url, upstream=upstream)
+    status, body, _ = await run_delay(http, gateway, 1.5)
+    assert (status, body) == (200, ['{"ok":true}'])
+    counts = await stats(http, emulator)
+    # Verified several times over while it ran, each time by an unfiltered listing: the job
+    # itself is read once, when a listing shows it finished.
+    assert counts["job"] == 1
+    assert counts["list"] >= 4

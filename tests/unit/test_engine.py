@@ -62,6 +62,20 @@ async def test_many_waiters_share_one_watch_and_all_get_the_result(
     assert fake.steps.count("j1") == 1  # one long poll, whatever the number of waiters
 
 
+async def test_waiters_whose_budgets_end_together_all_run_out_and_none_is_kept(
+    engine: Engine, fake: FakeAdapter
+) -> None:
+    watch = engine.watch(JobRef("fake", "j1"), CREATOR, RUNNING)
+    expiring = [engine.wait(watch, 0.05) for _ in range(20)]
+    answered = [engine.wait(watch, 30) for _ in range(20)]
+    assert await asyncio.gather(*expiring) == [None] * 20
+    fake.finish("j1")
+    assert all(r is not None and r.finished for r in await asyncio.gather(*answered))
+    await asyncio.sleep(0)  # the answered waiters' done callbacks
+    # An answered waiter is not held until its budget would have ended.
+    assert not any(engine._budgets.values())
+
+
 async def test_a_budget_that_runs_out_answers_none_and_the_watch_goes_on(
     engine: Engine, fake: FakeAdapter
 ) -> None:
