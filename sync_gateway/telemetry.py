@@ -9,8 +9,8 @@ gateway's own log lines then carry the span's trace id, and :mod:`sync_gateway.c
 leaves the upstream ``traceparent`` to the instrumentation.
 
 The instrumentations record URLs, and TheEye's ``access_token`` travels in the query: one span
-processor masks every string attribute with the log redaction's :func:`~sync_gateway.logging.
-scrub` before any exporter sees it.
+processor (:class:`MaskCredentials`) masks them with the log redaction's
+:func:`~sync_gateway.logging.scrub` as each span starts, before any exporter sees it.
 
 Off, this module is never imported: no span, no middleware, no trace config.
 """
