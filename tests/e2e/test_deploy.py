@@ -6,17 +6,22 @@ serve a call through the proxy on either replica."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 from conftest import CUSTOMER, INSTANT_TASK, TOKEN
 from support.helpers import stats
-from support.processes import Nginx, RedisServer, cli_env, free_port, redis_executable, start_cli
+from support.processes import (
+    Nginx,
+    RedisServer,
+    cli_env,
+    free_port,
+    redis_executable,
+    start_cli,
+    system_executable,
+)
 
 from sync_gateway.emulator import EmulatorServer
 
@@ -25,11 +30,7 @@ COMPOSE = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
 
 
 def test_the_dockerfile_passes_hadolint() -> None:
-    hadolint = shutil.which("hadolint")
-    if hadolint is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("hadolint is not installed (the dev extra installs it)")
-        pytest.skip("hadolint is not installed")
+    hadolint = system_executable("hadolint")
     import subprocess
 
     done = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)

@@ -78,23 +78,12 @@ class RedisServer:
 
     async def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 5)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        if process is not None:
+            await stop_process(process)
 
 
 def redis_executable() -> str:
-    found = shutil.which("redis-server")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed (.ci/run installs it)")
-        pytest.skip("redis-server is not installed")
-    return found
+    return system_executable("redis-server")
 
 
 async def running_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
@@ -160,8 +149,9 @@ async def stop_cli(proc: asyncio.subprocess.Process) -> int:
 
 
 def system_executable(name: str, *also: str) -> str:
-    """A Debian package's program (``.ci/run`` installs it): fails in CI when missing, else
-    skips. ``also``: other places it may be, off a non-root PATH (``/usr/sbin/nginx``)."""
+    """A program the tests start, which ``.ci/run`` installs (a Debian package, or the dev
+    extra's): fails in CI when missing, else skips. ``also``: other places it may be, off a
+    non-root PATH (``/usr/sbin/nginx``)."""
     found = shutil.which(name) or next((p for p in also if os.access(p, os.X_OK)), None)
     if found is None:
         if os.environ.get("CI") == "true":
