@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -33,6 +33,8 @@ from sync_gateway.web.views_routes import RouteViews
 from sync_gateway.web.views_theeye import TheEyeViews
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
     from sync_gateway.telemetry import Telemetry
 
 VIEWS = web.AppKey("views", tuple[TheEyeViews, RouteViews])
@@ -119,14 +121,14 @@ def telemetry_class() -> type[Telemetry]:
     return Telemetry
 
 
-def _telemetry(settings: Settings, span_exporter: Any) -> Telemetry | None:
+def _telemetry(settings: Settings, span_exporter: SpanExporter | None) -> Telemetry | None:
     if not settings.tracing.enabled:
         return None
     return telemetry_class()(settings.tracing, span_exporter)
 
 
 def create_app(
-    settings: Settings, metrics: Metrics | None = None, span_exporter: Any = None
+    settings: Settings, metrics: Metrics | None = None, span_exporter: SpanExporter | None = None
 ) -> web.Application:
     """The gateway application (``span_exporter``: with ``[tracing] enabled``, an OpenTelemetry
     exporter of the caller's instead of the one the settings name)."""

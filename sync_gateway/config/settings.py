@@ -19,7 +19,7 @@ LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 AdapterName = Literal["theeye", "location-poll", "executejob"]
 StoreBackend = Literal["memory", "redis"]
-SpanExporter = Literal["otlp", "console"]
+ExporterName = Literal["otlp", "console"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +128,7 @@ class TracingSettings:
 
     enabled: bool = False
     # "otlp": OTLP over HTTP (protobuf) to `endpoint`; "console": one JSON span a line on stdout.
-    exporter: SpanExporter = "otlp"
+    exporter: ExporterName = "otlp"
     endpoint: str = "http://127.0.0.1:4318/v1/traces"
     service_name: str = "sync-gateway"
     # The share of new traces recorded; a call whose client's traceparent says "sampled" (or
