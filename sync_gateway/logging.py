@@ -9,12 +9,15 @@ processors, so they are JSON lines too and redacted the same way.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -152,6 +155,33 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
+# The call's log context (request id, route, trace, job): one context variable holding a
+# mapping that is replaced, never changed in place, so that a task started by a call keeps
+# what the call had bound when it started. (structlog's own contextvars keep one variable per
+# key, and finding them walks every variable of the context for each event.)
+_CONTEXT: ContextVar[Mapping[str, Any]] = ContextVar(
+    "sync_gateway_log_context", default=MappingProxyType({})
+)
+
+
+def new_log_context(**values: Any) -> None:
+    """Start the log context of a new call: these values, nothing of an earlier call."""
+    _CONTEXT.set(values)
+
+
+def bind_log_context(**values: Any) -> None:
+    """Add values to the call's log context: every later line of the call carries them."""
+    _CONTEXT.set({**_CONTEXT.get(), **values})
+
+
+def merge_log_context(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
+    """The processor that adds the call's log context to each event (the event's own values
+    win)."""
+    for key, value in _CONTEXT.get().items():
+        event.setdefault(key, value)
+    return event
+
+
 class IsoTimeStamper:
     """``timestamp``: the time in UTC, ISO 8601 with microseconds (``2026-11-30T12:00:00.123456Z``,
     as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it), the date and the second
@@ -174,10 +204,14 @@ class IsoTimeStamper:
 
 
 class LineLogger:
-    """Writes each rendered event as one line and flushes it: bytes straight to a binary
-    stream (the JSON lines), or text to a text stream (a console, a test's StringIO).
+    """Writes each rendered event as one line: bytes straight to a binary stream (the JSON
+    lines), or text to a text stream (a console, a test's StringIO).
 
-    One instance per stream, shared by every logger: nothing is built per event."""
+    The lines an event-loop turn logs are flushed together when the turn ends (one write for
+    all the calls a busy turn answers, not one for each line: a line reaches the stream a few
+    microseconds later, never out of order); errors are flushed at once, and so is every line
+    logged with no running loop (start-up, another thread). One instance per stream, shared by
+    every logger: nothing is built per event."""
 
     def __init__(self, stream: Any) -> None:
         binary = getattr(stream, "buffer", None)
@@ -185,18 +219,37 @@ class LineLogger:
         target = binary if binary is not None else stream
         self._write = target.write
         self._flush = target.flush
+        self._flush_due: asyncio.AbstractEventLoop | None = None  # the loop that will flush
 
-    def msg(self, message: str | bytes) -> None:
+    def _line(self, message: str | bytes) -> None:
         if self._binary:
             data = message if isinstance(message, bytes) else message.encode("utf-8", "replace")
             self._write(data + b"\n")
         else:
             text = message if isinstance(message, str) else message.decode("utf-8", "replace")
             self._write(text + "\n")
+
+    def msg(self, message: str | bytes) -> None:
+        self._line(message)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._flush()
+            return
+        if loop is not self._flush_due:  # (a loop that closed before flushing is replaced)
+            self._flush_due = loop
+            loop.call_soon(self._flush_turn)
+
+    def _flush_turn(self) -> None:
+        self._flush_due = None
+        self._flush()
+
+    def msg_now(self, message: str | bytes) -> None:
+        self._line(message)
         self._flush()
 
     log = debug = info = warn = warning = msg
-    fatal = failure = err = error = critical = exception = msg
+    fatal = failure = err = error = critical = exception = msg_now
 
 
 def _renderer(console: bool) -> Any:
@@ -222,7 +275,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     line = LineLogger(stream)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            merge_log_context,
             structlog.processors.add_log_level,
             IsoTimeStamper(),
             *head,
@@ -244,7 +297,7 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
 def _configure_stdlib(level: int, stream: Any, tail: list[Any]) -> None:
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
-            structlog.contextvars.merge_contextvars,
+            merge_log_context,
             structlog.stdlib.add_logger_name,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),

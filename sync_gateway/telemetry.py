@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
-import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from opentelemetry import trace
@@ -52,7 +51,7 @@ from opentelemetry.util.types import Attributes
 
 from sync_gateway.config.settings import TracingSettings
 from sync_gateway.core import tracing
-from sync_gateway.logging import MASK, is_secret_key, scrub
+from sync_gateway.logging import MASK, bind_log_context, is_secret_key, scrub
 
 Handler = Callable[[web.Request], Any]
 # The attributes that can hold a URL or a query (http.url, url.full, http.target, url.query,
@@ -147,9 +146,7 @@ async def follow_span(request: web.Request, handler: Handler) -> web.StreamRespo
                 carry=False,  # the client instrumentation sends each request's own span
             )
         )
-        structlog.contextvars.bind_contextvars(
-            trace_id=trace_id, span_id=format(context.span_id, "016x")
-        )
+        bind_log_context(trace_id=trace_id, span_id=format(context.span_id, "016x"))
     result: web.StreamResponse = await handler(request)
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from aioresponses import aioresponses
 from sync_gateway.app import create_app
 from sync_gateway.config import Settings, load
 from sync_gateway.emulator import EmulatorServer, EmulatorSettings
+from sync_gateway.logging import configure as configure_logging
 from sync_gateway.web.server import GatewayRunner
 
 CUSTOMER = "demo"
@@ -81,6 +83,29 @@ def restore_logging() -> Iterator[None]:
         root.handlers[:] = handlers
         root.setLevel(level)
         logging.getLogger("aiohttp.access").disabled = False
+
+
+@pytest.fixture
+def product_logging(restore_logging: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """The gateway's own logging set-up, as ``serve`` makes it (its processors add the call's
+    log context to each line), writing the console format to whatever ``sys.stdout`` is at
+    each line (the captured one during the test; a line logged as the gateway stops, after the
+    capture ended, finds no closed stream). Loggers are not cached (``serve`` caches them)."""
+    configure_logging("debug", "console", _CurrentStdout())
+    structlog.configure(cache_logger_on_first_use=False)
+
+
+class _CurrentStdout:
+    """A text stream that is whatever ``sys.stdout`` is when it is written to."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return False
 
 
 @pytest.fixture

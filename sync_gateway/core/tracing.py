@@ -8,7 +8,7 @@ job's watch carries the trace of the call that started it).
 
 from __future__ import annotations
 
-import os
+import random
 import re
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -17,6 +17,15 @@ from dataclasses import dataclass
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
+
+
+def random_hex(digits: int) -> str:
+    """``digits`` random hex digits, never all zero (an id W3C calls invalid): a trace or span
+    id, a request id. From the ``random`` module, as OpenTelemetry's own id generator does:
+    ids need to be unique, not secret, and ``os.urandom`` would cost a system call each."""
+    while not (value := random.getrandbits(digits * 4)):
+        pass
+    return f"{value:0{digits}x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +41,7 @@ class TraceContext:
 
     def outgoing(self) -> dict[str, str]:
         """Headers for one upstream request: the trace, with a span id of its own."""
-        headers = {"traceparent": f"00-{self.trace_id}-{os.urandom(8).hex()}-{self.flags}"}
+        headers = {"traceparent": f"00-{self.trace_id}-{random_hex(16)}-{self.flags}"}
         if self.state:
             headers["tracestate"] = self.state
         return headers
@@ -48,6 +57,6 @@ def from_headers(headers: Mapping[str, str]) -> TraceContext:
     raw = headers.get("traceparent", "").strip().lower()
     m = _TRACEPARENT.fullmatch(raw)
     if m is None or m.group(1) == _ZERO_TRACE or m.group(2) == _ZERO_SPAN:
-        return TraceContext(os.urandom(16).hex())
+        return TraceContext(random_hex(32))
     state = headers.get("tracestate", "").strip()[:512]
     return TraceContext(m.group(1), m.group(3), state if state.isprintable() else "")

@@ -9,7 +9,6 @@ the table gives its class (the most specific class listed wins); an upstream's r
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -19,6 +18,7 @@ from aiohttp import web
 
 from sync_gateway.core import errors as e
 from sync_gateway.core import tracing
+from sync_gateway.logging import new_log_context
 from sync_gateway.web.keys import METRICS
 from sync_gateway.web.respond import json_response
 
@@ -94,16 +94,13 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Request id, one structured log line per request, request metrics, JSON errors."""
     request_id = request.headers.get("X-Request-Id", "")[:128]
     if not (request_id.isascii() and request_id.isprintable()) or not request_id:
-        request_id = os.urandom(16).hex()  # as random as a uuid4, without building one
+        request_id = tracing.random_hex(32)
     resource = request.match_info.route.resource
     # The route's pattern, never the path: a bounded label set with no ids or secrets in it.
     route_name = resource.canonical if resource is not None else "unmatched"
-    structlog.contextvars.clear_contextvars()
     trace = tracing.from_headers(request.headers)
     tracing.CURRENT.set(trace)  # carried to the upstream requests made for this call
-    structlog.contextvars.bind_contextvars(
-        request_id=request_id, route=route_name, trace_id=trace.trace_id
-    )
+    new_log_context(request_id=request_id, route=route_name, trace_id=trace.trace_id)
     started = time.monotonic()
     status = 500
     job_id: str | None = None

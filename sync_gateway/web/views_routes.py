@@ -3,11 +3,11 @@ and wait, and re-attach by ``/jobs/{route}/{id}/result``."""
 
 from __future__ import annotations
 
-import structlog
 from aiohttp import web
 
 from sync_gateway.core.errors import NotFound
 from sync_gateway.core.types import CreateRequest, Retained
+from sync_gateway.logging import bind_log_context
 from sync_gateway.web import parse
 from sync_gateway.web.calls import Calls, handed_out
 
@@ -22,7 +22,7 @@ class RouteViews(Calls):
         query, fmt, budget = call.query, call.fmt, call.budget
         started = await self.jobs.create_once(adapter, call.create, call.budget.create_seconds)
         ref = started.ref
-        structlog.contextvars.bind_contextvars(job_id=ref.id)
+        bind_log_context(job_id=ref.id)
         watch = self.engine.watch(ref, started.credentials, started.last, owner=started.owner)
         del call, started  # nothing of the create is needed while waiting
         if budget.respond_async:
@@ -44,7 +44,7 @@ class RouteViews(Calls):
         creds = adapter.credentials(CreateRequest(params, query, b"", None, plain))
         if request.method == "POST":
             await self.read_body(request)
-        structlog.contextvars.bind_contextvars(job_id=params["job"])
+        bind_log_context(job_id=params["job"])
         found = await self.jobs.find(adapter, params["job"], {}, creds)
         if isinstance(found, Retained):
             return self.answer(found.ref, found.snapshot, fmt)

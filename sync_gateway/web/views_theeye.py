@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 
-import structlog
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
 from sync_gateway.core.types import Created, Credentials, JobRef, Retained
+from sync_gateway.logging import bind_log_context
 from sync_gateway.upstream import DEFAULT
 from sync_gateway.web import parse
 from sync_gateway.web.calls import Calls, handed_out
@@ -28,7 +28,7 @@ class TheEyeViews(Calls):
         wait_result = parse.wants_wait_result(query, call.body)
         started = await self.jobs.create_once(adapter, call.create, call.budget.create_seconds)
         ref = started.ref
-        structlog.contextvars.bind_contextvars(job_id=ref.id)
+        bind_log_context(job_id=ref.id)
         if wait_result:
             self.engine.watch(ref, started.credentials, started.last, owner=started.owner)
             return self._see_other_from_create(ref, query, started.created)
@@ -78,7 +78,7 @@ class TheEyeViews(Calls):
         creds = Credentials() if presented else parse.credentials(query, request.headers)
         if request.method == "POST":
             await self.read_body(request)  # bounded; a re-sent POST body is ignored
-        structlog.contextvars.bind_contextvars(job_id=params["job"])
+        bind_log_context(job_id=params["job"])
         adapter = self.adapters[DEFAULT]
         found = await self.jobs.find(adapter, params["job"], hints, creds, presented)
         if isinstance(found, Retained):

@@ -70,6 +70,7 @@ def hex_ids(span: ReadableSpan) -> tuple[str, str, str | None]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"), parent
 
 
+@pytest.mark.usefixtures("product_logging")
 async def test_a_call_is_a_server_span_and_each_upstream_request_a_client_span_of_it(
     upstream: tuple[str, list[dict[str, str]]],
     traced_gateway: Callable[..., Any],
@@ -143,6 +144,7 @@ async def test_no_credential_reaches_a_span(
     assert "access_token=***" in text
 
 
+@pytest.mark.usefixtures("product_logging")
 async def test_a_call_without_a_trace_starts_one_and_logs_its_id(
     upstream: tuple[str, list[dict[str, str]]],
     traced_gateway: Callable[..., Any],

@@ -32,6 +32,7 @@ async def call(http: aiohttp.ClientSession, gw: Gateway, headers: dict[str, str]
         assert await resp.json() == ["ok"]
 
 
+@pytest.mark.usefixtures("product_logging")
 async def test_the_clients_trace_reaches_every_upstream_request_and_the_log(
     upstream: tuple[str, list[dict[str, str]]],
     make_gateway: Callable[..., Any],

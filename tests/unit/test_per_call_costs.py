@@ -19,7 +19,13 @@ from conftest import gateway_settings
 
 from sync_gateway import cli
 from sync_gateway import logging as gw_logging
-from sync_gateway.core.types import COMPRESS_FROM, JobRef, Retained, Snapshot, StoredDocument
+from sync_gateway.core.types import (
+    COMPRESS_FROM,
+    JobRef,
+    Retained,
+    Snapshot,
+    StoredDocument,
+)
 from sync_gateway.metrics import Metrics
 from sync_gateway.store.memory import MemoryStore
 from sync_gateway.upstream.http import UpstreamClient
@@ -86,6 +92,91 @@ def test_a_key_naming_a_credential_is_masked_whatever_its_value() -> None:
     event = {"event": "e", "token": 123, "password": None, "api_key": 1.5, "status": 200}
     out = gw_logging.redact(None, "info", event)
     assert out == {"event": "e", "token": "***", "password": "***", "api_key": "***", "status": 200}
+
+
+class _Counted(io.StringIO):
+    """A text stream that counts its flushes."""
+
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+async def test_the_lines_of_one_loop_turn_are_flushed_together_and_errors_at_once() -> None:
+    stream = _Counted()
+    line = gw_logging.LineLogger(stream)
+    line.info("one")
+    line.info("two")
+    assert stream.getvalue() == "one\ntwo\n"  # written in order at once...
+    assert stream.flushes == 0  # ...flushed when the turn ends
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert stream.flushes == 1
+    line.error("three")  # an error is flushed as it is logged
+    assert stream.flushes == 2
+    assert stream.getvalue() == "one\ntwo\nthree\n"
+
+
+def test_a_line_logged_with_no_running_loop_is_flushed_at_once() -> None:
+    stream = _Counted()
+    line = gw_logging.LineLogger(stream)
+    line.info("start-up")
+    assert stream.flushes == 1
+
+
+def test_a_loop_that_closed_before_its_flush_does_not_stop_the_next_ones() -> None:
+    stream = _Counted()
+    line = gw_logging.LineLogger(stream)
+
+    async def log_and_leave() -> None:
+        line.info("last words")  # the loop closes before the turn's flush runs
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(log_and_leave())
+    loop.close()
+    flushed = stream.flushes
+    asyncio.run(log_and_leave())  # a new loop schedules a flush of its own
+    assert stream.flushes > flushed
+
+
+async def test_the_log_context_is_the_calls_own_and_a_task_keeps_what_it_started_with() -> None:
+    stream = io.StringIO()
+    gw_logging.configure("info", "json", stream)
+    structlog.configure(cache_logger_on_first_use=False)
+    log = structlog.get_logger("t")
+    try:
+        gw_logging.new_log_context(request_id="r1", route="/x")
+        gw_logging.bind_log_context(job_id="j1")
+        seen: list[str] = []
+
+        async def watch() -> None:
+            await asyncio.sleep(0)
+            log.info("watch_line")
+            seen.append("done")
+
+        task = asyncio.get_running_loop().create_task(watch())
+        gw_logging.bind_log_context(job_id="j2")  # after the task started: not in its lines
+        log.info("call_line", route="/own")  # the event's own value wins
+        await task
+        gw_logging.new_log_context(request_id="r2")  # a new call: nothing of the last one
+        log.info("next_call")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    lines = {e["event"]: e for e in map(json.loads, stream.getvalue().splitlines())}
+    assert {k: lines["call_line"][k] for k in ("request_id", "route", "job_id")} == {
+        "request_id": "r1",
+        "route": "/own",
+        "job_id": "j2",
+    }
+    assert {k: lines["watch_line"][k] for k in ("request_id", "route", "job_id")} == {
+        "request_id": "r1",
+        "route": "/x",
+        "job_id": "j1",
+    }
+    assert "job_id" not in lines["next_call"] and lines["next_call"]["request_id"] == "r2"
 
 
 # ---- metric children -----------------------------------------------------------------------
