@@ -25,6 +25,7 @@ ids cost the upstream nothing, and nobody learns that an id exists without the u
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -69,6 +70,12 @@ def decide(
     return Decision.ASK_UPSTREAM if has_credentials else Decision.DENY
 
 
+# The fingerprints of this many recent callers are kept (an HMAC per call costs more than
+# the rest of the access decision); the credentials they are kept by are in memory anyway,
+# in every job's watch, for as long as the job is followed.
+FINGERPRINTS_KEPT = 1024
+
+
 class Fingerprints:
     """Keyed fingerprints of credentials: how the gateway recognises a job's creator."""
 
@@ -76,8 +83,12 @@ class Fingerprints:
         if len(key) < 16:
             raise ValueError("a fingerprint key needs at least 16 bytes")
         self._key = key
+        self._kept = functools.lru_cache(maxsize=FINGERPRINTS_KEPT)(self._digest)
 
     def of(self, credentials: Credentials) -> bytes:
+        return self._kept(credentials)
+
+    def _digest(self, credentials: Credentials) -> bytes:
         return hmac.digest(self._key, credentials.identity(), hashlib.sha256)
 
 

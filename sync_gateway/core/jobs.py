@@ -54,6 +54,7 @@ class Jobs:
         self.store = store
         self.access = access
         self.settings = settings
+        self._loop = asyncio.get_running_loop()
 
     # ---- create once ---------------------------------------------------------------------
 
@@ -106,7 +107,7 @@ class Jobs:
             if key is not None:
                 self.store.settle(key, None)
             raise
-        task = asyncio.ensure_future(self._create(adapter, create))
+        task = self._loop.create_task(self._create(adapter, create))
         try:
             created = await asyncio.wait_for(asyncio.shield(task), budget)
         except TimeoutError:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import gc
+import hashlib
+import hmac
 import io
 import json
 import logging
@@ -19,8 +22,11 @@ from conftest import gateway_settings
 
 from sync_gateway import cli
 from sync_gateway import logging as gw_logging
+from sync_gateway.core import tracing
+from sync_gateway.core.access import Fingerprints
 from sync_gateway.core.types import (
     COMPRESS_FROM,
+    Credentials,
     JobRef,
     Retained,
     Snapshot,
@@ -177,6 +183,39 @@ async def test_the_log_context_is_the_calls_own_and_a_task_keeps_what_it_started
         "job_id": "j1",
     }
     assert "job_id" not in lines["next_call"] and lines["next_call"]["request_id"] == "r2"
+
+
+# ---- ids and fingerprints ------------------------------------------------------------------
+
+
+def test_ids_are_random_hex_of_their_length_and_never_zero() -> None:
+    ids = {tracing.random_hex(32) for _ in range(1000)} | {tracing.random_hex(16)}
+    assert len(ids) == 1001
+    assert all(int(i, 16) and set(i) <= set("0123456789abcdef") for i in ids)
+    assert {len(i) for i in ids} == {32, 16}
+
+
+def test_a_callers_fingerprint_is_computed_once_and_is_the_keyed_hmac() -> None:
+    key = b"a deployment key of 32 bytes ..."
+    fingerprints = Fingerprints(key)
+    caller = Credentials(access_token="T")
+    expected = hmac.digest(key, caller.identity(), hashlib.sha256)
+    assert [fingerprints.of(Credentials(access_token="T")) for _ in range(3)] == [expected] * 3
+    assert fingerprints.of(Credentials(access_token="U")) != expected
+    assert fingerprints.of(Credentials(authorization="Bearer T")) == expected  # one caller
+    computed = 0
+    real = fingerprints._digest
+
+    def counting(creds: Credentials) -> bytes:
+        nonlocal computed
+        computed += 1
+        return real(creds)
+
+    again = Fingerprints(key)
+    again._kept = functools.lru_cache(maxsize=4)(counting)
+    for _ in range(5):
+        again.of(caller)
+    assert computed == 1
 
 
 # ---- metric children -----------------------------------------------------------------------
