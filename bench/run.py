@@ -309,10 +309,12 @@ async def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None
     raise RuntimeError(f"{what} did not answer {url} in 30 s")
 
 
-def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    cmd: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=out, stderr=out, start_new_session=True
+            cmd, cwd=cwd, env=env, stdout=out, stderr=out, start_new_session=True
         )
 
 
