@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar
+from select import PIPE_BUF
 from types import MappingProxyType
 from typing import Any
 
@@ -209,9 +210,11 @@ class LineLogger:
 
     The lines an event-loop turn logs are flushed together when the turn ends (one write for
     all the calls a busy turn answers, not one for each line: a line reaches the stream a few
-    microseconds later, never out of order); errors are flushed at once, and so is every line
-    logged with no running loop (start-up, another thread). One instance per stream, shared by
-    every logger: nothing is built per event."""
+    microseconds later, never out of order), in writes of whole lines of at most ``PIPE_BUF``
+    bytes together: a pipe shared by ``serve --workers`` processes takes each such write in one
+    piece, so that no worker's line is cut by another's. Errors are flushed at once, and so is
+    every line logged with no running loop (start-up, another thread). One instance per
+    stream, shared by every logger: nothing is built per event."""
 
     def __init__(self, stream: Any) -> None:
         binary = getattr(stream, "buffer", None)
@@ -220,21 +223,32 @@ class LineLogger:
         self._write = target.write
         self._flush = target.flush
         self._flush_due: asyncio.AbstractEventLoop | None = None  # the loop that will flush
+        self._unflushed = 0  # bytes (characters on a text stream) written since the last flush
 
     def _line(self, message: str | bytes) -> None:
+        line: str | bytes
         if self._binary:
             data = message if isinstance(message, bytes) else message.encode("utf-8", "replace")
-            self._write(data + b"\n")
+            line = data + b"\n"
         else:
             text = message if isinstance(message, str) else message.decode("utf-8", "replace")
-            self._write(text + "\n")
+            line = text + "\n"
+        if self._unflushed and self._unflushed + len(line) > PIPE_BUF:
+            self._flush()
+            self._unflushed = 0
+        self._write(line)
+        self._unflushed += len(line)
+
+    def _flush_all(self) -> None:
+        self._flush()
+        self._unflushed = 0
 
     def msg(self, message: str | bytes) -> None:
         self._line(message)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._flush()
+            self._flush_all()
             return
         if loop is not self._flush_due:  # (a loop that closed before flushing is replaced)
             self._flush_due = loop
@@ -242,11 +256,11 @@ class LineLogger:
 
     def _flush_turn(self) -> None:
         self._flush_due = None
-        self._flush()
+        self._flush_all()
 
     def msg_now(self, message: str | bytes) -> None:
         self._line(message)
-        self._flush()
+        self._flush_all()
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg_now

@@ -12,6 +12,7 @@ import hmac
 import io
 import json
 import logging
+import select
 import time
 
 import aiohttp
@@ -101,12 +102,21 @@ def test_a_key_naming_a_credential_is_masked_whatever_its_value() -> None:
 
 
 class _Counted(io.StringIO):
-    """A text stream that counts its flushes."""
+    """A text stream that counts its flushes and keeps what each one flushed."""
 
     flushes = 0
+    flushed_at = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[str] = []
 
     def flush(self) -> None:
         self.flushes += 1
+        text = self.getvalue()
+        if len(text) > self.flushed_at:
+            self.chunks.append(text[self.flushed_at :])
+            self.flushed_at = len(text)
         super().flush()
 
 
@@ -123,6 +133,20 @@ async def test_the_lines_of_one_loop_turn_are_flushed_together_and_errors_at_onc
     line.error("three")  # an error is flushed as it is logged
     assert stream.flushes == 2
     assert stream.getvalue() == "one\ntwo\nthree\n"
+
+
+async def test_a_busy_turns_lines_go_out_in_whole_lines_of_at_most_pipe_buf_together() -> None:
+    stream = _Counted()
+    line = gw_logging.LineLogger(stream)
+    lines = [f"line {i} " + "x" * 300 for i in range(40)]  # some 12 KB in one turn
+    for text in lines:
+        line.info(text)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert "".join(stream.chunks) == "".join(t + "\n" for t in lines)
+    assert len(stream.chunks) > 1
+    # each write a pipe takes in one piece (no other worker's line inside one of ours)
+    assert all(len(chunk) <= select.PIPE_BUF and chunk.endswith("\n") for chunk in stream.chunks)
 
 
 def test_a_line_logged_with_no_running_loop_is_flushed_at_once() -> None:
