@@ -97,23 +97,6 @@ class Calls:
             create = dataclasses.replace(create, credentials=resolved)
         return Call(create, query, fmt, budget, parsed)
 
-    async def wait_and_answer(
-        self,
-        watch: Watch,
-        seconds: float,
-        fmt: Format,
-        query: MultiMapping[str],
-        prefer: tuple[str, ...] = (),
-        creator: bool = True,
-        handed: float | None = None,
-    ) -> web.Response:
-        """Wait up to ``seconds``: the result, or 202 when the budget ran out first, whose
-        Location keeps ``handed`` (the client's first budget; by default ``seconds``)."""
-        started = time.monotonic()
-        snap = await self.engine.wait(watch, seconds, creator)
-        kept = seconds if handed is None else handed
-        return self.waited(watch, snap, started, fmt, query, prefer, kept)
-
     def waited(
         self,
         watch: Watch,
@@ -124,7 +107,9 @@ class Calls:
         prefer: tuple[str, ...] = (),
         seconds: float | None = None,
     ) -> web.Response:
-        """The answer after a wait: the result, or 202 when the budget ran out first."""
+        """The answer after a wait (``snap``, from ``engine.wait`` awaited by the view itself:
+        no coroutine frame more for each waiting client): the result, or 202 when the budget
+        ran out first, whose Location keeps ``seconds``."""
         waited = time.monotonic() - started
         if snap is None:
             self.metrics.budget_expired.inc()

@@ -3,6 +3,8 @@ and wait, and re-attach by ``/jobs/{route}/{id}/result``."""
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from sync_gateway.core.errors import NotFound
@@ -27,7 +29,9 @@ class RouteViews(Calls):
         del call, started  # nothing of the create is needed while waiting
         if budget.respond_async:
             return self.accepted(ref, watch.last, fmt, query, budget.applied)
-        return await self.wait_and_answer(watch, budget.seconds, fmt, query, budget.applied)
+        waiting_since = time.monotonic()
+        snap = await self.engine.wait(watch, budget.seconds)
+        return self.waited(watch, snap, waiting_since, fmt, query, budget.applied, budget.seconds)
 
     async def result(self, request: web.Request) -> web.StreamResponse:
         """GET/POST /jobs/{adapter}/{job}/result: re-attach to a job of a configured route."""
@@ -50,6 +54,6 @@ class RouteViews(Calls):
             return self.answer(found.ref, found.snapshot, fmt)
         creator = self.jobs.is_creator(found.owner, creds)
         handed = handed_out(query, budget.seconds)
-        return await self.wait_and_answer(
-            found, budget.seconds, fmt, query, budget.applied, creator, handed
-        )
+        waiting_since = time.monotonic()
+        snap = await self.engine.wait(found, budget.seconds, creator)
+        return self.waited(found, snap, waiting_since, fmt, query, budget.applied, handed)

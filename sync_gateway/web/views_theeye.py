@@ -38,7 +38,9 @@ class TheEyeViews(Calls):
         del call, started  # nothing of the create is needed while waiting
         if budget.respond_async:
             return self.accepted(ref, watch.last, fmt, query, budget.applied)
-        return await self.wait_and_answer(watch, budget.seconds, fmt, query, budget.applied)
+        waiting_since = time.monotonic()
+        snap = await self.engine.wait(watch, budget.seconds)
+        return self.waited(watch, snap, waiting_since, fmt, query, budget.applied, budget.seconds)
 
     def _pass_through(self, ref: JobRef, created: Created | None) -> web.Response:
         if created is None:  # an idempotent replay of an async create: say where the job is
