@@ -2,7 +2,12 @@
 
 It keeps each finished result for ``retention.seconds``, bounded by
 ``retention.max_bytes`` (oldest evicted first; a result larger than the whole bound is not kept:
-it is served to the waiters that are there and then gone).
+it is served to the waiters that are there and then gone). Created jobs' refs are kept as long,
+and bounded too: at most a quarter of ``retention.max_bytes`` of them, each counted as
+:data:`REF_BYTES` (131,072 refs at the default), oldest dropped first. Without a bound a steady
+stream of creates would grow them for an hour (some 0.5 KB each): 3 GB at 2,000 creates a
+second. A job whose ref and result are both gone is re-attached as one the gateway never saw:
+the upstream decides with the caller's own credentials (SPEC 5).
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from collections import OrderedDict
 from sync_gateway.core.errors import OutcomeUnknown
 from sync_gateway.core.types import JobRef, Retained
 from sync_gateway.metrics import Metrics
+
+# What a kept ref takes in memory, about: the JobRef, its key, the owner's digest, the entry.
+REF_BYTES = 512
 
 
 def lost_claim(future: asyncio.Future[JobRef]) -> None:
@@ -38,6 +46,7 @@ class MemoryStore:
         self._results: OrderedDict[str, Retained] = OrderedDict()
         self._bytes = 0
         self._refs: OrderedDict[str, tuple[JobRef, bytes, float]] = OrderedDict()
+        self.max_refs = max(max_bytes // 4 // REF_BYTES, 1)
         self._claims: OrderedDict[str, tuple[asyncio.Future[JobRef], float]] = OrderedDict()
         self._published = (-1, -1)  # (results, bytes) last set on the gauges
 
@@ -99,6 +108,8 @@ class MemoryStore:
         self._expire()
         self._refs.pop(ref.key, None)
         self._refs[ref.key] = (ref, owner, self._now() + max(self.seconds, 60.0))
+        if len(self._refs) > self.max_refs:
+            self._refs.popitem(last=False)
 
     async def ref(self, key: str) -> tuple[JobRef, bytes] | None:
         self._expire()

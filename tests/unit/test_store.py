@@ -22,7 +22,7 @@ from sync_gateway.core.access import Fingerprints
 from sync_gateway.core.types import Credentials, JobRef, Retained, Snapshot
 from sync_gateway.metrics import Metrics
 from sync_gateway.store.base import ResultStore
-from sync_gateway.store.memory import MemoryStore
+from sync_gateway.store.memory import REF_BYTES, MemoryStore
 from sync_gateway.store.redis import RedisBackend
 
 FINGERPRINTS = Fingerprints(b"a test key of 32 bytes, no more.")
@@ -202,6 +202,21 @@ async def test_owner_is_kept_as_given_digest(make_store: StoreFactory) -> None:
     await store.remember_ref(ref("r2"), OTHER)
     found = await store.ref("theeye:r2")
     assert found is not None and found[1] == OTHER != OWNER
+
+
+async def test_refs_are_bounded_oldest_dropped_first() -> None:
+    # A quarter of the byte bound, at REF_BYTES each: three refs here.
+    store = MemoryStore(60.0, 4 * 3 * REF_BYTES, Metrics())
+    for job in ("b1", "b2", "b3", "b4", "b5"):
+        await store.remember_ref(ref(job), OWNER)
+    assert [await store.ref(f"theeye:{j}") is not None for j in ("b1", "b2")] == [False, False]
+    assert await store.ref("theeye:b5") == (ref("b5"), OWNER)
+    assert all([await store.ref(f"theeye:{j}") is not None for j in ("b3", "b4")])
+    await store.remember_ref(ref("b3"), OWNER)  # remembered again: the newest, kept longest
+    await store.remember_ref(ref("b6"), OWNER)
+    assert await store.ref("theeye:b4") is None and await store.ref("theeye:b3") is not None
+    # and a result's own bound is not spent on refs
+    assert await store.put(retained("kept", size=2 * REF_BYTES)) is True
 
 
 # ---- idempotency claims --------------------------------------------------------------------
