@@ -22,10 +22,8 @@ _ZERO_SPAN = "0" * 16
 def random_hex(digits: int) -> str:
     """``digits`` random hex digits, never all zero (an id W3C calls invalid): a trace or span
     id, a request id. From the ``random`` module, as OpenTelemetry's own id generator does:
-    ids need to be unique, not secret, and ``os.urandom`` would cost a system call each."""
-    while not (value := random.getrandbits(digits * 4)):
-        pass
-    return f"{value:0{digits}x}"
+    ids need to be unique, not secret, and need no system call (``os.urandom`` makes one)."""
+    return f"{random.getrandbits(digits * 4) or 1:0{digits}x}"
 
 
 @dataclass(frozen=True, slots=True)
