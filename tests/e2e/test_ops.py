@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from support.processes import cli_env, free_port, start_cli, stop_cli
 
 from sync_gateway import cli
 from sync_gateway.config import load
-from sync_gateway.emulator import EmulatorServer
+from sync_gateway.emulator import EmulatorServer, EmulatorSettings
 from sync_gateway.metrics import Metrics
 from sync_gateway.web.keys import ENGINE
 from sync_gateway.web.views_ops import OPENAPI_PATH
@@ -295,6 +296,83 @@ async def test_metrics_add_up_across_workers(
     assert counts == {20}
     assert code == 0, (tmp_path / "stderr").read_text()
     assert metrics_dirs(tmp_path) == [], "the metrics directory made for the workers is left"
+
+
+@pytest.fixture
+async def keeping_emulator() -> AsyncIterator[EmulatorServer]:
+    """The emulator keeping every finished job (no autoremove), for many calls at once."""
+    async with EmulatorServer(EmulatorSettings(min_timeout=0.2, autoremove_limit=None)) as server:
+        yield server
+
+
+async def test_workers_sharing_one_pipe_write_whole_log_lines(
+    keeping_emulator: EmulatorServer, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Two workers log to one stdout pipe, lines batched per loop turn: every line arrives
+    whole (a JSON object), and every call answered is logged once."""
+    emulator = keeping_emulator
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = cli_env(tmp_path, SYNC_GATEWAY_SERVER_DRAIN_SECONDS="1", SYNC_GATEWAY_LOG_FORMAT="json")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sync_gateway",
+        *("serve", "--workers", "2", "--port", str(port), "--upstream", emulator.url),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=(tmp_path / "stderr").open("wb"),
+    )
+    assert proc.stdout is not None
+    out = bytearray()
+
+    async def drain(stream: asyncio.StreamReader) -> None:
+        # A slow reader: the pipe fills and the workers' writes wait for room, where a write
+        # of more than PIPE_BUF bytes may go in pieces between another writer's.
+        while chunk := await stream.read(2048):
+            out.extend(chunk)
+            await asyncio.sleep(0.002)
+
+    reader = asyncio.get_running_loop().create_task(drain(proc.stdout))
+    answered = 0
+    try:
+        assert await eventually_up(http, f"{url}/healthz", proc), (tmp_path / "stderr").read_text()
+        # New connections spread over the workers (SO_REUSEPORT); many at once fill a turn.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+
+            async def caller() -> None:
+                nonlocal answered
+                for _ in range(25):
+                    async with s.post(create_url(url, INSTANT_TASK), json=[]) as resp:
+                        assert resp.status == 200
+                        answered += 1
+
+            await asyncio.gather(*(caller() for _ in range(40)))
+    finally:
+        code = await stop_cli(proc)
+        await reader
+    assert code == 0, (tmp_path / "stderr").read_text()
+    lines = [json.loads(line) for line in out.decode().splitlines()]  # none cut, none mixed
+    listening = {e["pid"] for e in lines if e["event"] == "gateway_listening"}
+    assert len(listening) == 2
+    calls = [e for e in lines if e["event"] == "request" and e["route"].endswith("/job")]
+    assert len(calls) == answered == 1000
+
+
+async def eventually_up(
+    http: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process
+) -> bool:
+    for _ in range(600):  # a bounded wait for start-up, not a timing assertion
+        if proc.returncode is not None:
+            return False
+        try:
+            async with http.get(url) as resp:
+                if resp.status == 200:
+                    return True
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    return False
 
 
 def metrics_dirs(tmp: Path) -> list[str]:
