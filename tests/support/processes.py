@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -110,16 +111,22 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 async def start_cli(
-    args: list[str], env: dict[str, str], tmp_path: Path, http: aiohttp.ClientSession, url: str
+    args: list[str],
+    env: dict[str, str],
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    url: str,
+    stdout: Any = None,
 ) -> asyncio.subprocess.Process:
-    """`python -m sync_gateway …` with stdout/stderr in files, once /healthz answers."""
+    """`python -m sync_gateway …` with stdout/stderr in files (or stdout where ``stdout``
+    says: ``asyncio.subprocess.PIPE``), once /healthz answers."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "sync_gateway",
         *args,
         env=env,
-        stdout=(tmp_path / "stdout").open("wb"),
+        stdout=(tmp_path / "stdout").open("wb") if stdout is None else stdout,
         stderr=(tmp_path / "stderr").open("wb"),
     )
     for _ in range(600):  # a bounded wait for start-up, not a timing assertion
