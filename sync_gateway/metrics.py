@@ -145,7 +145,9 @@ class Metrics:
             "sync_gateway_retained_results", "Finished results kept for re-attach"
         )
         self.retained_bytes = self._gauge(
-            "sync_gateway_retained_bytes", "Bytes of finished results kept for re-attach"
+            "sync_gateway_retained_bytes",
+            "Bytes the finished results kept for re-attach take (counted as retention.max_bytes"
+            " bounds them)",
         )
 
     def _gauge(self, name: str, documentation: str) -> Gauge:

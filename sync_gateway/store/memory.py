@@ -2,7 +2,8 @@
 
 It keeps each finished result for ``retention.seconds``, bounded by
 ``retention.max_bytes`` (oldest evicted first; a result larger than the whole bound is not kept:
-it is served to the waiters that are there and then gone). Created jobs' refs are kept as long,
+it is served to the waiters that are there and then gone). A result counts what it takes: its
+kept text and :data:`ENTRY_BYTES` for the objects around it. Created jobs' refs are kept as long,
 and bounded too: at most a quarter of ``retention.max_bytes`` of them, each counted as
 :data:`REF_BYTES` (131,072 refs at the default), oldest dropped first. Without a bound a steady
 stream of creates would grow them for an hour (some 0.5 KB each): 3 GB at 2,000 creates a
@@ -22,6 +23,14 @@ from sync_gateway.metrics import Metrics
 
 # What a kept ref takes in memory, about: the JobRef, its key, the owner's digest, the entry.
 REF_BYTES = 512
+# What a kept result takes beyond its text, about (tracemalloc: an instant TheEye job's result
+# counted 1,531 bytes of text and held some 2,150): the Retained, its snapshot, its ref, the entry.
+ENTRY_BYTES = 640
+
+
+def cost(item: Retained) -> int:
+    """The bytes a kept result counts against ``retention.max_bytes``."""
+    return item.snapshot.size + ENTRY_BYTES
 
 
 def lost_claim(future: asyncio.Future[JobRef]) -> None:
@@ -70,7 +79,7 @@ class MemoryStore:
 
     def _drop(self, key: str) -> None:
         item = self._results.pop(key)
-        self._bytes -= item.snapshot.size
+        self._bytes -= cost(item)
 
     def _publish(self) -> None:
         # Every store call ends here; the gauges are set only when what they show changed.
@@ -94,13 +103,14 @@ class MemoryStore:
             return False
         # Counted as kept: one copy of the output, compressed when large.
         item = Retained(item.ref, item.snapshot.compact(), item.owner, item.expires_at)
-        if item.snapshot.size > self.max_bytes:
+        size = cost(item)
+        if size > self.max_bytes:
             self._publish()
             return False
-        while self._results and self._bytes + item.snapshot.size > self.max_bytes:
+        while self._results and self._bytes + size > self.max_bytes:
             self._drop(next(iter(self._results)))
         self._results[key] = item
-        self._bytes += item.snapshot.size
+        self._bytes += size
         self._publish()
         return True
 

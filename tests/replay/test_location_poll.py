@@ -32,6 +32,7 @@ from sync_gateway.emulator.location_emulator import (
     LocationEmulatorSettings,
 )
 from sync_gateway.metrics import Metrics
+from sync_gateway.store.memory import ENTRY_BYTES
 from sync_gateway.upstream.http import UpstreamClient
 from sync_gateway.upstream.location import LocationPollAdapter, finished, resolve_location
 from sync_gateway.web.keys import METRICS
@@ -290,7 +291,7 @@ async def test_an_immediate_result_is_its_creators_and_kept_in_the_bounded_store
         "name": "elastic",
     }
     one = finished(200, orjson.dumps(DATA), "application/json", "success").compact().size
-    bound = 3 * one  # room for three results, as they are kept
+    bound = 3 * (one + ENTRY_BYTES)  # room for three results, as they count in memory
     settings = load(
         None, {}, {"routes": [route], "retention": {"max_bytes": bound}, "upstream": FAST_POLL}
     )

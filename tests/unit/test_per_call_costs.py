@@ -34,7 +34,7 @@ from sync_gateway.core.types import (
     StoredDocument,
 )
 from sync_gateway.metrics import Metrics
-from sync_gateway.store.memory import MemoryStore
+from sync_gateway.store.memory import ENTRY_BYTES, MemoryStore
 from sync_gateway.upstream.http import UpstreamClient
 
 PLANTED = "PLANTED-TOKEN-321"
@@ -308,17 +308,18 @@ def _gauges(metrics: Metrics) -> tuple[float, float]:
 
 async def test_the_retained_gauges_follow_puts_evictions_and_expiry() -> None:
     metrics = Metrics()
-    store = MemoryStore(60.0, 1000, metrics)
+    e = ENTRY_BYTES  # what each kept result takes beyond its text
+    store = MemoryStore(60.0, 1000 + 2 * e, metrics)
     now = time.monotonic()
     await store.put(_retained("a", 400, now + 60))
     await store.put(_retained("b", 400, now + 60))
-    assert _gauges(metrics) == (2, 800)
+    assert _gauges(metrics) == (2, 800 + 2 * e)
     await store.get("theeye:a")
-    assert _gauges(metrics) == (2, 800)
+    assert _gauges(metrics) == (2, 800 + 2 * e)
     await store.put(_retained("c", 300, now + 60))  # "a" is evicted
-    assert _gauges(metrics) == (2, 700)
+    assert _gauges(metrics) == (2, 700 + 2 * e)
     assert not await store.put(_retained("d", 2000, now + 60))  # over the bound: not kept
-    assert _gauges(metrics) == (2, 700)
+    assert _gauges(metrics) == (2, 700 + 2 * e)
     store._now = lambda: now + 120  # type: ignore[method-assign]
     await store.get("theeye:b")  # both expired
     assert _gauges(metrics) == (0, 0)

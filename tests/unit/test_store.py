@@ -22,7 +22,7 @@ from sync_gateway.core.access import Fingerprints
 from sync_gateway.core.types import Credentials, JobRef, Retained, Snapshot
 from sync_gateway.metrics import Metrics
 from sync_gateway.store.base import ResultStore
-from sync_gateway.store.memory import REF_BYTES, MemoryStore
+from sync_gateway.store.memory import ENTRY_BYTES, REF_BYTES, MemoryStore
 from sync_gateway.store.redis import RedisBackend
 
 FINGERPRINTS = Fingerprints(b"a test key of 32 bytes, no more.")
@@ -180,7 +180,7 @@ async def test_the_bound_counts_one_copy_of_the_output_compressed() -> None:
 async def test_oldest_result_is_evicted_past_the_byte_bound(make_store: StoreFactory) -> None:
     if make_store.backend == "redis":  # type: ignore[attr-defined]
         pytest.skip("Redis bounds its memory itself (maxmemory and its eviction policy)")
-    store = await make_store(max_bytes=250)
+    store = await make_store(max_bytes=250 + 2 * ENTRY_BYTES)  # room for two, as they count
     for job in ("e1", "e2", "e3"):
         await store.put(retained(job, size=100))
     assert await store.get("theeye:e1") is None
@@ -202,6 +202,17 @@ async def test_owner_is_kept_as_given_digest(make_store: StoreFactory) -> None:
     await store.remember_ref(ref("r2"), OTHER)
     found = await store.ref("theeye:r2")
     assert found is not None and found[1] == OTHER != OWNER
+
+
+async def test_a_result_counts_what_it_takes_in_memory_its_text_and_its_entry() -> None:
+    # (The Redis store bounds its own memory: this is the process's copy.)
+    metrics = Metrics()
+    store = MemoryStore(60.0, 1 << 20, metrics)
+    assert await store.put(retained("t1", size=300)) is True
+    assert metrics.retained_bytes._value.get() == 300 + ENTRY_BYTES  # type: ignore[attr-defined]
+    # a result whose text fits the bound but not with its entry is not kept
+    tight = MemoryStore(60.0, 300 + ENTRY_BYTES - 1, Metrics())
+    assert await tight.put(retained("t2", size=300)) is False
 
 
 async def test_refs_are_bounded_oldest_dropped_first() -> None:
