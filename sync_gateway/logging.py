@@ -234,8 +234,7 @@ class LineLogger:
             text = message if isinstance(message, str) else message.decode("utf-8", "replace")
             line = text + "\n"
         if self._unflushed and self._unflushed + len(line) > PIPE_BUF:
-            self._flush()
-            self._unflushed = 0
+            self._flush_all()
         self._write(line)
         self._unflushed += len(line)
 
