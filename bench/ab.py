@@ -22,21 +22,21 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 from run import (
     BARE_HOP,
-    CUSTOMER,
     INSTANT_TASK,
     ROOT,
-    TOKEN,
     _cpu_seconds,
+    _errors,
     _spawn,
     _stop,
     _wait_http,
     free_port,
+    load_worker,
     raise_open_files_limit,
 )
 
@@ -52,26 +52,17 @@ class Target:
     pid: int = 0
     ms_per_call: list[float] = field(default_factory=list)
     calls_per_s: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
 
 
-async def load(url: str, seconds: float, clients: int) -> int:
-    """``clients`` callers back to back for ``seconds``: the calls answered 200."""
-    calls = 0
-    end = time.monotonic() + seconds
-    params = {"access_token": TOKEN}
-    headers = {"Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def caller() -> None:
-            nonlocal calls
-            while time.monotonic() < end:
-                async with session.post(url, params=params, data=b"[]", headers=headers) as r:
-                    await r.read()
-                    calls += r.status == 200
-
-        await asyncio.gather(*(caller() for _ in range(clients)))
-    return calls
+async def load(target: Target, seconds: float, clients: int) -> int:
+    """``clients`` callers back to back for ``seconds`` (run.py's load, in this process): the
+    calls answered 200; any other answer or error is counted on the target."""
+    spec = {"target": "gateway", "base": target.url, "task": INSTANT_TASK, "body": "[]"}
+    spec |= {"clients": clients, "duration": seconds, "start_at": time.time()}
+    report = await load_worker(spec)
+    target.errors.update(report["errors"])
+    return int(report["calls"])
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -112,13 +103,12 @@ async def run(args: argparse.Namespace) -> list[Target]:
             target.pid = proc.pid
             pin(proc.pid, server_cpu)
         pin(emulator.pid, rest)
-        path = f"/{CUSTOMER}/task/{INSTANT_TASK}/job"
         for target in targets:  # unmeasured: the first seconds of a process cost more
-            await load(target.url + path, args.warmup, args.clients)
+            await load(target, args.warmup, args.clients)
         for turn in range(args.turns):
             for target in targets if turn % 2 == 0 else targets[::-1]:
                 before, started = _cpu_seconds(target.pid), time.monotonic()
-                calls = await load(target.url + path, args.seconds, args.clients)
+                calls = await load(target, args.seconds, args.clients)
                 elapsed = time.monotonic() - started
                 cpu = _cpu_seconds(target.pid) - before
                 target.ms_per_call.append(1000 * cpu / max(calls, 1))
@@ -143,7 +133,8 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
             f"{target.name}\n    server CPU ms/call median {median:.3f}"
             f" (turns {min(target.ms_per_call):.3f}..{max(target.ms_per_call):.3f});"
             f" calls/s median {statistics.median(target.calls_per_s):,.0f};"
-            f" over the first, median of the turns' ratios {statistics.median(ratios):.3f}"
+            f" over the first, median of the turns' ratios {statistics.median(ratios):.3f};"
+            f" errors {_errors(target.errors)}"
         )
 
 
